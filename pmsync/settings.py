@@ -1,0 +1,55 @@
+"""Settings from the environment and `.env` (pydantic-settings). Secrets are SecretStr throughout."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STATE_DIR = Path(".pmsync")
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{DEFAULT_STATE_DIR / 'pmsync.db'}"
+
+
+class Settings(BaseSettings):
+    """Everything pmsync reads from its environment.
+
+    Names are the environment variable names (case-insensitive); a `.env` file in the working
+    directory is read too. Secrets never appear in repr, logs or exception text.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    pipedrive_base_url: str = Field(default="https://api.pipedrive.com", validation_alias="PIPEDRIVE_BASE_URL")
+    pipedrive_api_token: SecretStr = Field(default=SecretStr(""), validation_alias="PIPEDRIVE_API_TOKEN")
+    maileon_base_url: str = Field(default="https://api.maileon.com/1.0", validation_alias="MAILEON_BASE_URL")
+    maileon_api_key: SecretStr = Field(default=SecretStr(""), validation_alias="MAILEON_API_KEY")
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        validation_alias=AliasChoices("PMSYNC_DATABASE_URL", "DATABASE_URL"),
+    )
+
+    # HTTP behaviour of the connectors
+    http_timeout_seconds: float = Field(default=30.0, validation_alias="PMSYNC_HTTP_TIMEOUT_SECONDS")
+    http_max_retries: int = Field(default=6, validation_alias="PMSYNC_HTTP_MAX_RETRIES")
+    http_backoff_base_seconds: float = Field(default=0.5, validation_alias="PMSYNC_HTTP_BACKOFF_BASE_SECONDS")
+    http_backoff_max_seconds: float = Field(default=60.0, validation_alias="PMSYNC_HTTP_BACKOFF_MAX_SECONDS")
+
+    @field_validator("pipedrive_base_url", "maileon_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def state_dir(self) -> Path:
+        return DEFAULT_STATE_DIR
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests build `Settings(...)` directly instead."""
+    return Settings()
