@@ -119,8 +119,9 @@ class MaileonProfile(ServiceProfile):
                 "for the key in Maileon's API key settings" + said
             )
         return (
-            "Maileon: the API key was rejected: check MAILEON_API_KEY (complete, not expired, not deactivated) "
-            "and MAILEON_BASE_URL" + said
+            "Maileon: the API key was rejected: check MAILEON_API_KEY – is it complete (a key cut off while "
+            "copying looks exactly like a wrong key), not expired and not deactivated? – and MAILEON_BASE_URL"
+            + said
         )
 
 
@@ -180,6 +181,7 @@ class MaileonClient:
     ) -> None:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._key_length = len(key or "")
+        self._key_looks_cut = bool(key) and (key.rstrip().endswith(("...", "…")) or key != key.strip())
         self.base_url = base_url.rstrip("/")
         encoded = base64.b64encode(key.encode("utf-8")).decode("ascii")
         self._type_ids: dict[str, int] = {}
@@ -244,10 +246,11 @@ class MaileonClient:
                 method=method,
                 path=path,
             )
-        if not MIN_KEY_LENGTH <= self._key_length <= MAX_KEY_LENGTH:
+        if self._key_looks_cut or not MIN_KEY_LENGTH <= self._key_length <= MAX_KEY_LENGTH:
             raise ConfigurationError(
-                f"Maileon: the API key looks truncated: it has {self._key_length} characters, Maileon keys have "
-                f"{MIN_KEY_LENGTH}–{MAX_KEY_LENGTH}; copy the whole key into MAILEON_API_KEY",
+                f"Maileon: the API key looks truncated or mangled: it has {self._key_length} characters (Maileon keys "
+                f"have {MIN_KEY_LENGTH}–{MAX_KEY_LENGTH}, without surrounding spaces or a trailing '…'); copy the "
+                "whole key into MAILEON_API_KEY",
                 service=self.service,
                 method=method,
                 path=path,
