@@ -1,0 +1,815 @@
+"""The consent decision: ONE pure function for both paths.
+
+``decide(pd, ml, last, signal, now=...)`` takes Pipedrive's view of one email (every person whose
+primary email it is), Maileon's view of it, what pmsync remembered last time, and optionally the
+signal that woke us (a webhook, a report row, an intake call). It returns typed actions, the next
+:class:`LastState` and consent-ledger entries. The webhook path and the schedule (reconcile) path
+call it alike: a webhook only adds *when* something happened and *why we looked*; a lost webhook
+costs nothing because the next reconcile sees the same state.
+
+How it decides
+==============
+1. **Observe.** Turn the differences between the views and ``last`` (plus the signal) into dated
+   events of three kinds: *opt-out*, *request*, *confirmation*. Dates are conservative:
+
+   - an opt-out seen only as a state (e.g. Newsletter=Unsubscribed) is dated as late as it can be
+     (the read time), a request seen as a changed value is dated as early as it can be (just after
+     the previous read), a request whose age is unknown counts as older than every opt-out;
+   - a DOI confirmation seen as Maileon permission 4/5 is dated just after pmsync started the DOI
+     (pmsync unsubscribes any older contact before starting one, so a confirmed contact after that
+     start is a new confirmation), or by the ``doi`` webhook / Maileon's own time;
+   - ties go to the opt-out.
+
+2. **Fold** the events in time order into a :class:`ConsentPhase`:
+
+   - an opt-out ends any request, pending DOI or subscription that is not newer than it;
+   - a request counts only if it is newer than the latest opt-out (``OPTED_OUT`` → ``REQUESTED``);
+   - a confirmation counts only if the phase is not ``OPTED_OUT`` and it is newer than the latest
+     opt-out, i.e. it follows a newer explicit request (or no opt-out was ever seen).
+
+3. **Act** so that both systems show the phase (order matters; apply in order, stop at the first
+   failure, store the returned ``last`` only when all succeeded):
+
+   ==================== ===========================================================================
+   phase                actions
+   ==================== ===========================================================================
+   opted_out            ``UnsubscribeMaileon`` if a live contact exists; every member
+                        ``Newsletter=Unsubscribed``; with Campaigns ``marketing_status=unsubscribed``
+   requested + DOI      (``UnsubscribeMaileon`` first if an opt-out was passed and a contact is
+   wanted               live), ``CreateMaileonContactWithDOI`` (permission 1, doi=true), every member
+                        ``Newsletter=Pending DOI`` → phase ``pending``
+   pending              every member ``Newsletter=Pending DOI``
+   subscribed           every member ``Newsletter=Subscribed``; with Campaigns, on entering (and for
+                        new members) ``marketing_status=subscribed`` with read-back
+   requested (no DOI)   nothing visible; recorded (intake ``consent=true, double_opt_in=false``)
+   none                 nothing
+   ==================== ===========================================================================
+
+   Field updates (``UpdateMaileonFields``) go to live contacts whose mapped data changed, never to an
+   unsubscribed/anonymized contact and never with a permission.
+
+Documented choices
+==================
+- **Newsletter=Subscribed (or Pending DOI) but Maileon has no contact and no unsubscription**
+  (contact deleted in Maileon): Maileon holds the consent proof and it is gone. pmsync neither
+  re-creates the contact (that would mail a DOI nobody asked for) nor invents an opt-out (an
+  irreversible write on a guess): ``RecordOnly(consent_proof_missing)``. A salesperson setting
+  ``Subscribe`` again is a new explicit request and starts a new DOI.
+- **pending_upgrade read back** after ``marketing_status=subscribed``: the subscriber cap is full.
+  It is recorded (ledger, ``LastState.marketing_status_refused``), shown as
+  ``RecordOnly(pending_upgrade)`` on every later decision, and never reported as success or retried
+  blindly (that would be a loop). A refused change is handled alike (``marketing_status_refused``).
+- **Newsletter=Subscribe, Maileon unsubscribed EARLIER than the request**: the request is newer, so
+  a new DOI is allowed (contact re-created with permission 1 + doi). **LATER than the request**:
+  the unsubscribe wins; every member gets ``Newsletter=Unsubscribed``. A request whose age cannot be
+  proven (first sight, no webhook time) is treated as older — the salesperson sets ``Subscribe``
+  again, which pmsync then sees as a change after its last read, i.e. as newer.
+- **First sight** (empty ``LastState``): every value is new. Newsletter=Unsubscribed or
+  marketing_status=unsubscribed is an opt-out dated at the read time, so it beats Maileon
+  confirmations of unknown or older date (consent-safe bootstrap).
+- **bounced**: never written (read-only in Pipedrive), and no DOI is started for a bounced address
+  (``RecordOnly(bounced)``); opt-outs still reach every other member and Maileon.
+- **Maileon confirmations pmsync did not ask for** (no opt-out ever seen): count; Pipedrive follows
+  (story 2). After an opt-out they count only after a newer explicit request (Newsletter=Subscribe or
+  intake consent=true), else the contact is unsubscribed again.
+- **Intake**: ``consent=true`` is a request (DOI started only with ``double_opt_in=true``);
+  ``consent=false`` changes nothing (it is not an opt-out); ``unsubscribe=true`` is an opt-out.
+- **Echoes**: pmsync's own writes seen again are no news: values pmsync wrote are remembered per
+  person, Maileon unsubscriptions within :data:`MAILEON_ECHO_WINDOW` of pmsync's own unsubscribe are
+  recognised, and stale webhooks older than the last read are not evidence of a new opt-out.
+  (``echo.is_echo`` drops most echoes before they get here.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from pmsync.rules.newsletter import Newsletter
+from pmsync.rules.status import MarketingStatus, next_status
+from pmsync.rules.views import (
+    CONFIRMED_PERMISSIONS,
+    ConsentPhase,
+    KnownPerson,
+    LastState,
+    MaileonView,
+    Permission,
+    PersonView,
+    PipedriveView,
+)
+
+#: A Maileon unsubscription dated this long after pmsync's own unsubscribe call is its echo.
+MAILEON_ECHO_WINDOW = timedelta(minutes=10)
+_JUST_AFTER = timedelta(microseconds=1)
+
+MS = MarketingStatus
+Phase = ConsentPhase
+
+
+class Reason(StrEnum):
+    NO_VALID_EMAIL = "no_valid_email"
+    NO_MEMBER = "no_person_with_this_primary_email"
+    IN_SYNC = "in_sync"
+    INTAKE_WITHOUT_CONSENT = "intake_without_consent"
+    CONSENT_RECORDED_WITHOUT_DOI = "consent_recorded_without_doi"
+    BOUNCED = "bounced"
+    CONSENT_PROOF_MISSING = "consent_proof_missing"
+    PENDING_UPGRADE = "pending_upgrade"
+    MARKETING_STATUS_REFUSED = "marketing_status_refused"
+    UNBACKED_NEWSLETTER_VALUE = "newsletter_value_without_consent_record"
+
+
+# --------------------------------------------------------------------------------------------------
+# Actions
+# --------------------------------------------------------------------------------------------------
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CreateMaileonContactWithDOI(_Frozen):
+    """Create (or, if it exists, update) the Maileon contact with permission 1 and start a DOI.
+
+    Permission and doi are fixed by type: pmsync never creates anything above permission 1; only the
+    person's DOI confirmation in Maileon raises it. ``person_id`` is the member whose data is sent.
+    """
+
+    kind: Literal["create_maileon_contact_with_doi"] = "create_maileon_contact_with_doi"
+    email: str
+    person_ids: tuple[int, ...]
+    person_id: int
+    permission: Literal[1] = 1
+    doi: Literal[True] = True
+    #: Outbox idempotency key: one DOI start per (email, request).
+    key: str
+
+
+class UpdateMaileonFields(_Frozen):
+    """Bulk-sync the contact's fields (sync_mode=1, override_permission=false,
+    reimport_unsubscribed_contacts=false). Carries no permission by construction."""
+
+    kind: Literal["update_maileon_fields"] = "update_maileon_fields"
+    email: str
+    person_id: int
+    fields_hash: str
+
+
+class UnsubscribeMaileon(_Frozen):
+    kind: Literal["unsubscribe_maileon"] = "unsubscribe_maileon"
+    email: str
+    key: str
+
+
+class SetNewsletter(_Frozen):
+    kind: Literal["set_newsletter"] = "set_newsletter"
+    person_ids: tuple[int, ...]
+    value: Newsletter
+
+
+class SetMarketingStatus(_Frozen):
+    """Write marketing_status; the applier MUST read it back (``record_marketing_status_readback``)."""
+
+    kind: Literal["set_marketing_status"] = "set_marketing_status"
+    person_ids: tuple[int, ...]
+    value: Literal[MarketingStatus.SUBSCRIBED, MarketingStatus.UNSUBSCRIBED]
+    #: What Pipedrive's table predicts per person (cap not full); the read-back is the truth.
+    expected: dict[int, MarketingStatus]
+    readback_required: Literal[True] = True
+
+
+class RecordOnly(_Frozen):
+    """Nothing to write, but something to record and show (ledger, run artifact, drift report)."""
+
+    kind: Literal["record_only"] = "record_only"
+    reason: Reason
+    detail: str
+    person_ids: tuple[int, ...] = ()
+
+
+class Skip(_Frozen):
+    kind: Literal["skip"] = "skip"
+    reason: Reason
+    detail: str = ""
+
+
+Action = Annotated[
+    CreateMaileonContactWithDOI
+    | UpdateMaileonFields
+    | UnsubscribeMaileon
+    | SetNewsletter
+    | SetMarketingStatus
+    | RecordOnly
+    | Skip,
+    Field(discriminator="kind"),
+]
+
+WRITE_KINDS: frozenset[str] = frozenset(
+    {
+        "create_maileon_contact_with_doi",
+        "update_maileon_fields",
+        "unsubscribe_maileon",
+        "set_newsletter",
+        "set_marketing_status",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------------
+
+
+class _Signal(_Frozen):
+    at: AwareDatetime
+    #: Why we looked: webhook delivery id, report row id, intake source … (goes to the ledger).
+    cause: str
+
+
+class PipedrivePersonChange(_Signal):
+    """A Pipedrive person webhook (v2 ``change``/``create``): the values it says were set.
+
+    ``None`` means "this webhook did not set that field". ``at`` is ``meta.timestamp``.
+    """
+
+    kind: Literal["pipedrive_person_change"] = "pipedrive_person_change"
+    person_id: int
+    newsletter: Newsletter | None = None
+    marketing_status: MarketingStatus | None = None
+
+
+class MaileonDoiConfirmed(_Signal):
+    """Maileon ``doi`` webhook (or a subscribers-report row)."""
+
+    kind: Literal["maileon_doi"] = "maileon_doi"
+
+
+class MaileonUnsubscribed(_Signal):
+    """Maileon ``unsubscription`` webhook or an ``/reports/unsubscriptions`` row."""
+
+    kind: Literal["maileon_unsubscribe"] = "maileon_unsubscribe"
+
+
+class Intake(_Signal):
+    """A third-party intake (form, booking, tool): ``cause`` names the source."""
+
+    kind: Literal["intake"] = "intake"
+    consent: bool
+    double_opt_in: bool = False
+    unsubscribe: bool = False
+
+    @model_validator(mode="after")
+    def _not_both(self) -> Intake:
+        if self.consent and self.unsubscribe:
+            raise ValueError("an intake cannot give consent and unsubscribe at once")
+        return self
+
+
+Signal = Annotated[
+    PipedrivePersonChange | MaileonDoiConfirmed | MaileonUnsubscribed | Intake,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ledger and decision
+# --------------------------------------------------------------------------------------------------
+
+System = Literal["pipedrive", "maileon", "intake", "pmsync"]
+
+
+class LedgerEntry(_Frozen):
+    """One row for the append-only consent ledger (the store adds flow-run id and row id)."""
+
+    email: str
+    person_ids: tuple[int, ...] = ()
+    system: System
+    field: Literal["newsletter", "marketing_status", "permission", "consent"]
+    old: str | None = None
+    new: str | None = None
+    #: observed = seen in a system; ignored = seen but does not count (why: note);
+    #: planned = an action of this decision; readback = what Pipedrive kept after a write.
+    event: Literal["observed", "ignored", "planned", "readback"]
+    cause: str
+    at: datetime
+    note: str = ""
+
+
+class Decision(_Frozen):
+    email: str | None
+    actions: tuple[Action, ...]
+    #: Store this once every action succeeded (after folding in read-backs).
+    last: LastState
+    ledger: tuple[LedgerEntry, ...] = ()
+
+    @property
+    def writes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind in WRITE_KINDS)
+
+    @property
+    def phase(self) -> ConsentPhase:
+        return self.last.phase
+
+
+# --------------------------------------------------------------------------------------------------
+# The decision
+# --------------------------------------------------------------------------------------------------
+
+_RANK = {"request": 0, "confirmation": 1, "opt_out": 2}  # ties: the opt-out is folded last and wins
+
+
+@dataclass(frozen=True)
+class _Event:
+    kind: Literal["opt_out", "request", "confirmation"]
+    #: None = unknown and older than everything (only requests and confirmations).
+    at: datetime | None
+    system: System
+    what: str
+    person_ids: tuple[int, ...] = ()
+    wants_doi: bool = False
+
+    def sort_key(self) -> tuple[float, int]:
+        return ((self.at.timestamp() if self.at else float("-inf")), _RANK[self.kind])
+
+
+@dataclass
+class _Fold:
+    phase: ConsentPhase
+    since: datetime | None
+    last_optout: datetime | None
+    last_request: datetime | None
+    last_confirm: datetime | None
+    optout_in_batch: bool = False
+    doi_wanted: bool = False
+    doi_request_at: datetime | None = None
+    entered_subscribed: bool = False
+    intake_without_doi: bool = False
+    ignored: list[tuple[_Event, str]] = field(default_factory=list)
+    counted: list[_Event] = field(default_factory=list)
+
+
+def _after(a: datetime | None, b: datetime | None) -> bool:
+    """``a`` strictly after ``b``; None is minus infinity."""
+    return a is not None and (b is None or a > b)
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def decide(
+    pd: PipedriveView,
+    ml: MaileonView,
+    last: LastState | None = None,
+    signal: Signal | None = None,
+    *,
+    now: datetime,
+) -> Decision:
+    """Decide what to do for one email. Pure; see the module docstring for the rules."""
+    last = last or LastState()
+    email = pd.normalized_email
+    if not pd.has_valid_email or email is None:
+        return Decision(
+            email=email,
+            actions=(Skip(reason=Reason.NO_VALID_EMAIL, detail="never pushed: no valid email address"),),
+            last=last,
+        )
+    members = pd.members
+    if not members:
+        return Decision(
+            email=email,
+            actions=(Skip(reason=Reason.NO_MEMBER, detail="no Pipedrive person has this primary email"),),
+            last=last,
+        )
+    cause = signal.cause if signal is not None else "reconcile"
+    read_at = pd.fetched_at or now
+
+    events = _observe(pd, ml, last, signal, read_at)
+    fold = _fold(last, events)
+    ledger: list[LedgerEntry] = []
+
+    def note(system: System, field_: str, old: str | None, new: str | None, event: str, n: str = "",
+             ids: Sequence[int] = ()) -> None:
+        ledger.append(
+            LedgerEntry.model_validate(
+                dict(email=email, person_ids=tuple(ids), system=system, field=field_, old=old, new=new,
+                     event=event, cause=cause, at=now, note=n)
+            )
+        )
+
+    for ev in fold.counted:
+        note(ev.system, "consent", None, ev.kind, "observed", ev.what, ev.person_ids)
+    for ev, why in fold.ignored:
+        note(ev.system, "consent", None, ev.kind, "ignored", f"{ev.what}: {why}", ev.person_ids)
+
+    actions: list[Action] = []
+    records: list[RecordOnly] = []
+    phase = fold.phase
+    since = fold.since
+    doi_started_at = last.doi_started_at
+    bounced = tuple(m.person_id for m in members if m.marketing_status is MS.BOUNCED)
+    optout_passed = last.phase is Phase.OPTED_OUT or fold.optout_in_batch
+    all_ids = tuple(m.person_id for m in members)
+    rep = pd.representative
+    assert rep is not None  # members is not empty
+
+    # -- Maileon ------------------------------------------------------------------------------------
+    start_doi = False
+    if fold.doi_wanted and phase in (Phase.REQUESTED, Phase.PENDING, Phase.SUBSCRIBED):
+        needs_doi = phase is not Phase.SUBSCRIBED or not ml.contact_exists
+        if needs_doi and bounced:
+            records.append(RecordOnly(reason=Reason.BOUNCED, person_ids=bounced,
+                                      detail="address bounced in Pipedrive: no DOI started"))
+        elif needs_doi:
+            start_doi = True
+
+    # An opt-out that was passed must reach Maileon even when a newer request follows: the live
+    # contact predates the opt-out, so the new request gets a fresh contact and a fresh DOI.
+    unsubscribe = ml.contact_exists and (
+        phase is Phase.OPTED_OUT or (optout_passed and phase in (Phase.REQUESTED, Phase.PENDING))
+    )
+    maileon_opted_out = ml.unsubscribed or (last.maileon_opted_out and not ml.contact_exists)
+    permission_after: Permission | None = ml.permission
+    unsubscribe_sent_at = last.maileon_unsubscribe_sent_at
+    if unsubscribe:
+        actions.append(UnsubscribeMaileon(email=email, key=f"unsubscribe:{email}:{_iso(fold.last_optout)}"))
+        note("maileon", "permission", _s(ml.permission), "unsubscribed", "planned")
+        maileon_opted_out = True
+        permission_after = None
+        unsubscribe_sent_at = now
+    if start_doi:
+        request_key = _iso(fold.doi_request_at) if fold.doi_request_at else f"seen-{_iso(read_at)}"
+        actions.append(
+            CreateMaileonContactWithDOI(email=email, person_ids=all_ids, person_id=rep.person_id,
+                                        key=f"doi:{email}:{request_key}")
+        )
+        note("maileon", "permission", _s(permission_after), "1 (doi started)", "planned", ids=all_ids)
+        phase = Phase.PENDING
+        since = _latest(since, fold.doi_request_at)
+        doi_started_at = now
+        maileon_opted_out = False
+        # A confirmed permission seen after this start is read as the confirmation of this DOI.
+        if permission_after is None or permission_after in CONFIRMED_PERMISSIONS:
+            permission_after = Permission.NONE
+
+    if not ml.contact_exists and not start_doi and phase in (Phase.SUBSCRIBED, Phase.PENDING):
+        records.append(RecordOnly(
+            reason=Reason.CONSENT_PROOF_MISSING, person_ids=all_ids,
+            detail=f"Pipedrive consent is {phase.value} but Maileon has no live contact for the email "
+                   "(deleted?): not re-created without a new request",
+        ))
+
+    fields_hash = last.fields_hash
+    if (
+        ml.contact_exists and not unsubscribe and not start_doi and phase is not Phase.OPTED_OUT
+        and rep.fields_hash is not None and rep.fields_hash != last.fields_hash
+    ):
+        actions.append(UpdateMaileonFields(email=email, person_id=rep.person_id, fields_hash=rep.fields_hash))
+        fields_hash = rep.fields_hash
+    elif start_doi and rep.fields_hash is not None:
+        fields_hash = rep.fields_hash
+
+    # -- Pipedrive: Newsletter ------------------------------------------------------------------------
+    target_nl: Newsletter | None = {
+        Phase.OPTED_OUT: Newsletter.UNSUBSCRIBED,
+        Phase.PENDING: Newsletter.PENDING_DOI,
+        Phase.SUBSCRIBED: Newsletter.SUBSCRIBED,
+    }.get(phase)
+    newsletter_after = {m.person_id: m.newsletter for m in members}
+    nl_ids: tuple[int, ...] = ()
+    if target_nl is not None:
+        nl_ids = tuple(m.person_id for m in members if m.newsletter is not target_nl)
+    elif phase is Phase.REQUESTED and fold.optout_in_batch:
+        # The opt-out outdates earlier claims; the newer request without DOI is no subscription.
+        target_nl = Newsletter.UNSUBSCRIBED
+        nl_ids = tuple(m.person_id for m in members
+                       if m.newsletter in (Newsletter.SUBSCRIBED, Newsletter.PENDING_DOI))
+    else:
+        unbacked = tuple(
+            m.person_id for m in members
+            if (m.newsletter is Newsletter.SUBSCRIBED and not ml.confirmed)
+            or (m.newsletter is Newsletter.PENDING_DOI and not ml.contact_exists)
+        )
+        if unbacked:
+            records.append(RecordOnly(
+                reason=Reason.UNBACKED_NEWSLETTER_VALUE, person_ids=unbacked,
+                detail="Newsletter claims a subscription that neither Maileon nor pmsync's record backs",
+            ))
+    if nl_ids and target_nl is not None:
+        actions.append(SetNewsletter(person_ids=nl_ids, value=target_nl))
+        for pid in nl_ids:
+            note("pipedrive", "newsletter", _s(newsletter_after[pid]), target_nl.value, "planned", ids=(pid,))
+            newsletter_after[pid] = target_nl
+
+    # -- Pipedrive: marketing_status (Campaigns) --------------------------------------------------------
+    ms_after = {m.person_id: m.marketing_status for m in members}
+    refused = last.marketing_status_refused if phase is last.phase else None
+    if pd.campaigns_enabled:
+        target_ms: MarketingStatus | None = None
+        candidates: tuple[PersonView, ...] = ()
+        if phase is Phase.OPTED_OUT or (fold.optout_in_batch and phase in (Phase.REQUESTED, Phase.PENDING)):
+            target_ms, candidates = MS.UNSUBSCRIBED, members
+        elif phase is Phase.SUBSCRIBED and fold.entered_subscribed:
+            target_ms, candidates, refused = MS.SUBSCRIBED, members, None
+        elif phase is Phase.SUBSCRIBED:  # members that joined the email since
+            target_ms = MS.SUBSCRIBED
+            candidates = tuple(m for m in members if m.person_id not in last.persons)
+        expected: dict[int, MarketingStatus] = {}
+        for m in candidates:
+            current = m.marketing_status
+            if current is target_ms:
+                continue
+            if current is MS.BOUNCED:
+                if target_ms is MS.SUBSCRIBED:
+                    records.append(RecordOnly(reason=Reason.BOUNCED, person_ids=(m.person_id,),
+                                              detail="bounced is read-only: not set to subscribed"))
+                continue
+            known = last.persons.get(m.person_id)
+            if refused is target_ms and known is not None and known.marketing_status is current:
+                reason = (Reason.PENDING_UPGRADE if current is MS.PENDING_UPGRADE
+                          else Reason.MARKETING_STATUS_REFUSED)
+                records.append(RecordOnly(
+                    reason=reason, person_ids=(m.person_id,),
+                    detail=f"Pipedrive kept marketing_status={_s(current)} when pmsync asked for "
+                           f"{_s(target_ms)}: not a success, not retried until it changes",
+                ))
+                continue
+            if target_ms is MS.SUBSCRIBED and current is MS.PENDING_UPGRADE:
+                records.append(RecordOnly(reason=Reason.PENDING_UPGRADE, person_ids=(m.person_id,),
+                                          detail="subscriber cap full: pending_upgrade is not subscribed"))
+                continue
+            assert target_ms is not None
+            expected[m.person_id] = next_status(current or MS.NO_CONSENT, target_ms)
+        if expected and target_ms is not None:
+            value = MS.SUBSCRIBED if target_ms is MS.SUBSCRIBED else MS.UNSUBSCRIBED
+            actions.append(SetMarketingStatus(person_ids=tuple(expected), value=value, expected=expected))
+            for pid, exp in expected.items():
+                note("pipedrive", "marketing_status", _s(ms_after[pid]), exp.value, "planned", ids=(pid,))
+                ms_after[pid] = exp
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    if fold.intake_without_doi:
+        records.append(RecordOnly(reason=Reason.CONSENT_RECORDED_WITHOUT_DOI, person_ids=all_ids,
+                                  detail="intake consent recorded; no DOI asked, so no subscription"))
+    if isinstance(signal, Intake) and not signal.consent and not signal.unsubscribe:
+        records.append(RecordOnly(reason=Reason.INTAKE_WITHOUT_CONSENT, person_ids=all_ids,
+                                  detail="intake without consent changes no consent"))
+    actions.extend(records)
+    if not actions:
+        actions.append(Skip(reason=Reason.IN_SYNC, detail=f"in sync ({phase.value})"))
+
+    statuses = {ms_after[m.person_id] for m in members}
+    new_last = LastState(
+        phase=phase,
+        phase_since=since,
+        newsletter_request_at=fold.last_request,
+        last_unsubscribe_at=fold.last_optout,
+        last_doi_confirmed_at=fold.last_confirm,
+        doi_started_at=doi_started_at,
+        maileon_unsubscribe_sent_at=unsubscribe_sent_at,
+        last_known_permission=permission_after,
+        last_known_marketing_status=statuses.pop() if len(statuses) == 1 else None,
+        maileon_opted_out=maileon_opted_out,
+        marketing_status_refused=refused,
+        persons={
+            m.person_id: KnownPerson(newsletter=newsletter_after[m.person_id],
+                                     marketing_status=ms_after[m.person_id])
+            for m in members
+        },
+        fields_hash=fields_hash,
+        observed_at=read_at,
+    )
+    return Decision(email=email, actions=tuple(actions), last=new_last, ledger=tuple(ledger))
+
+
+def _observe(
+    pd: PipedriveView, ml: MaileonView, last: LastState, signal: Signal | None, read_at: datetime
+) -> list[_Event]:
+    """The new, dated events in the views (and the signal) compared with ``last``.
+
+    Dating: requests and confirmations get lower bounds (None = unknown = oldest), opt-outs upper
+    bounds, so that "newer than" is only ever concluded when it is certain.
+    """
+    events: list[_Event] = []
+    sig_pd = signal if isinstance(signal, PipedrivePersonChange) else None
+    member_ids = {m.person_id for m in pd.members}
+
+    # Pipedrive, per member
+    for m in pd.members:
+        known = last.persons.get(m.person_id)
+        sig = sig_pd if sig_pd is not None and sig_pd.person_id == m.person_id else None
+        # A webhook newer than our last read tells something we have not seen; an older one is
+        # already reflected in what we read then (or is an echo of our own write).
+        fresh = sig is not None and _after(sig.at, last.observed_at)
+        # A value seen only as a state was set no later than the read and the person's update_time.
+        state_at = min(read_at, m.update_time) if m.update_time is not None else read_at
+
+        if m.newsletter is Newsletter.SUBSCRIBE:
+            bounds: list[datetime | None] = []
+            if sig is not None and sig.newsletter is Newsletter.SUBSCRIBE:
+                bounds.append(sig.at)  # someone set Subscribe then; the current value is that or later
+            if known is not None and known.newsletter is not Newsletter.SUBSCRIBE and last.observed_at:
+                bounds.append(last.observed_at + _JUST_AFTER)  # changed after our last read
+            elif known is not None and known.newsletter is Newsletter.SUBSCRIBE:
+                bounds.append(last.newsletter_request_at)  # the same request, still pending
+            events.append(_Event("request", _latest(*bounds), "pipedrive",
+                                 f"Newsletter=Subscribe on person {m.person_id}", (m.person_id,),
+                                 wants_doi=True))
+
+        nl_new = known is None or known.newsletter is not Newsletter.UNSUBSCRIBED
+        sig_nl_unsub = sig is not None and sig.newsletter is Newsletter.UNSUBSCRIBED and fresh
+        if m.newsletter is Newsletter.UNSUBSCRIBED and nl_new:
+            at = sig.at if sig is not None and sig_nl_unsub else state_at
+            events.append(_Event("opt_out", at, "pipedrive",
+                                 f"Newsletter=Unsubscribed on person {m.person_id}", (m.person_id,)))
+        elif sig is not None and sig_nl_unsub and nl_new:
+            events.append(_Event("opt_out", sig.at, "pipedrive",
+                                 f"Newsletter=Unsubscribed on person {m.person_id} (webhook; changed since)",
+                                 (m.person_id,)))
+
+        if pd.campaigns_enabled:
+            ms_new = known is None or known.marketing_status is not MS.UNSUBSCRIBED
+            sig_ms_unsub = sig is not None and sig.marketing_status is MS.UNSUBSCRIBED and fresh
+            if m.marketing_status is MS.UNSUBSCRIBED and ms_new:
+                at = sig.at if sig is not None and sig_ms_unsub else state_at
+                events.append(_Event("opt_out", at, "pipedrive",
+                                     f"marketing_status=unsubscribed on person {m.person_id}", (m.person_id,)))
+            elif sig is not None and sig_ms_unsub and ms_new:
+                events.append(_Event("opt_out", sig.at, "pipedrive",
+                                     f"marketing_status=unsubscribed on person {m.person_id} "
+                                     "(webhook; changed since)", (m.person_id,)))
+
+    # Maileon opt-out
+    sig_unsub_at = signal.at if isinstance(signal, MaileonUnsubscribed) else None
+
+    def is_echo(t: datetime) -> bool:
+        sent = last.maileon_unsubscribe_sent_at
+        if sent is None or not (sent <= t <= sent + MAILEON_ECHO_WINDOW):
+            return False
+        restarted = last.doi_started_at is not None and last.doi_started_at > sent and t > last.doi_started_at
+        return not restarted
+
+    timed = [
+        t for t in (ml.last_unsubscribe_at, sig_unsub_at)
+        if t is not None and _after(t, last.last_unsubscribe_at) and not is_echo(t)
+    ]
+    if timed:
+        events.append(_Event("opt_out", max(timed), "maileon", "unsubscribed in Maileon"))
+    elif ml.unsubscribed and not last.maileon_opted_out:
+        # Newly unsubscribed, but no usable date: as late as possible.
+        events.append(_Event("opt_out", read_at, "maileon", "unsubscribed in Maileon (undated)"))
+
+    # Maileon confirmation
+    sig_doi_at = signal.at if isinstance(signal, MaileonDoiConfirmed) else None
+    candidates: list[datetime | None] = []
+    if ml.confirmed and last.last_known_permission not in CONFIRMED_PERMISSIONS:
+        pending_bound = (
+            last.doi_started_at + _JUST_AFTER
+            if last.phase is Phase.PENDING and last.doi_started_at is not None
+            else None
+        )
+        candidates.append(_latest(ml.last_doi_confirmed_at, pending_bound, sig_doi_at))
+    if sig_doi_at is not None and _after(sig_doi_at, last.last_doi_confirmed_at):
+        candidates.append(sig_doi_at)
+    if candidates:
+        events.append(_Event("confirmation", _latest(*candidates), "maileon",
+                             f"DOI confirmed in Maileon (permission {_s(ml.permission)})"))
+
+    # Intake
+    if isinstance(signal, Intake):
+        ids = tuple(sorted(member_ids))
+        if signal.unsubscribe:
+            events.append(_Event("opt_out", signal.at, "intake", f"intake unsubscribe ({signal.cause})", ids))
+        elif signal.consent:
+            events.append(_Event("request", signal.at, "intake", f"intake consent ({signal.cause})", ids,
+                                 wants_doi=signal.double_opt_in))
+    return events
+
+
+def _fold(last: LastState, events: Iterable[_Event]) -> _Fold:
+    f = _Fold(phase=last.phase, since=last.phase_since, last_optout=last.last_unsubscribe_at,
+              last_request=last.newsletter_request_at, last_confirm=last.last_doi_confirmed_at)
+    for ev in sorted(events, key=_Event.sort_key):
+        if ev.kind == "opt_out":
+            f.last_optout = _latest(f.last_optout, ev.at)
+            ends = (
+                f.phase in (Phase.NONE, Phase.OPTED_OUT)
+                or f.since is None
+                or (ev.at is not None and ev.at >= f.since)
+            )
+            if not ends:
+                f.ignored.append((ev, f"older than the request that started the current {f.phase.value} phase"))
+                continue
+            f.since = ev.at if f.phase is not Phase.OPTED_OUT else _latest(f.since, ev.at)
+            f.phase = Phase.OPTED_OUT
+            f.optout_in_batch = True
+            f.doi_wanted = False
+            f.intake_without_doi = False
+            f.counted.append(ev)
+        elif ev.kind == "request":
+            if f.phase is Phase.OPTED_OUT and not _after(ev.at, f.since):
+                f.ignored.append((ev, "not newer than the latest opt-out"))
+                continue
+            f.last_request = _latest(f.last_request, ev.at)
+            if f.phase in (Phase.NONE, Phase.OPTED_OUT):
+                f.phase, f.since = Phase.REQUESTED, ev.at
+            elif f.phase in (Phase.REQUESTED, Phase.PENDING) and ev.wants_doi:
+                f.since = _latest(f.since, ev.at)
+            if ev.wants_doi:
+                f.doi_wanted = True
+                f.doi_request_at = _latest(f.doi_request_at, ev.at)
+                f.intake_without_doi = False
+            elif ev.system == "intake" and f.phase is Phase.REQUESTED:
+                f.intake_without_doi = True
+            f.counted.append(ev)
+        else:  # confirmation
+            if f.phase is Phase.OPTED_OUT:
+                f.ignored.append((ev, "a confirmation after an opt-out needs a newer explicit request first"))
+                continue
+            if f.last_optout is not None and not _after(ev.at, f.last_optout):
+                f.ignored.append((ev, "not newer than the latest opt-out"))
+                continue
+            f.last_confirm = _latest(f.last_confirm, ev.at)
+            if f.phase is not Phase.SUBSCRIBED:
+                if f.phase is Phase.NONE or f.since is None:
+                    f.since = ev.at
+                f.phase = Phase.SUBSCRIBED
+                f.entered_subscribed = True
+                f.doi_wanted = False
+                f.intake_without_doi = False
+            f.counted.append(ev)
+    return f
+
+
+# --------------------------------------------------------------------------------------------------
+# Read-back of marketing_status writes
+# --------------------------------------------------------------------------------------------------
+
+
+class Readback(_Frozen):
+    last: LastState
+    ledger: tuple[LedgerEntry, ...]
+    #: Person ids where Pipedrive kept something else than asked (refused or pending_upgrade).
+    not_applied: tuple[int, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.not_applied
+
+
+def record_marketing_status_readback(
+    last: LastState,
+    *,
+    email: str,
+    requested: MarketingStatus,
+    observed: Mapping[int, MarketingStatus | None],
+    at: datetime,
+    cause: str,
+) -> Readback:
+    """Fold what Pipedrive kept after ``SetMarketingStatus`` into ``last`` (the decision's new state).
+
+    Anything other than ``requested`` — a silently refused change, ``pending_upgrade`` — is recorded
+    as not applied, remembered in ``marketing_status_refused`` (so the next decision shows it instead
+    of writing again) and never counted as success.
+    """
+    persons = dict(last.persons)
+    ledger: list[LedgerEntry] = []
+    not_applied: list[int] = []
+    for pid, value in sorted(observed.items()):
+        known = persons.get(pid, KnownPerson())
+        persons[pid] = known.model_copy(update={"marketing_status": value})
+        outcome = "applied" if value is requested else ("pending_upgrade" if value is MS.PENDING_UPGRADE else "refused")
+        if value is not requested:
+            not_applied.append(pid)
+        ledger.append(LedgerEntry(email=email, person_ids=(pid,), system="pipedrive", field="marketing_status",
+                                  old=requested.value, new=_s(value), event="readback", cause=cause, at=at,
+                                  note=outcome))
+    statuses = {k.marketing_status for k in persons.values()}
+    new_last = last.model_copy(update={
+        "persons": persons,
+        "last_known_marketing_status": statuses.pop() if len(statuses) == 1 else None,
+        "marketing_status_refused": (
+            requested if not_applied
+            else None if last.marketing_status_refused is requested
+            else last.marketing_status_refused
+        ),
+    })
+    return Readback(last=new_last, ledger=tuple(ledger), not_applied=tuple(not_applied))
+
+
+def _s(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Permission):
+        return str(int(value))
+    return str(getattr(value, "value", value))
+
+
+def _iso(t: datetime | None) -> str:
+    return t.isoformat() if t is not None else "unknown"
