@@ -1,0 +1,38 @@
+"""A faithful Pipedrive simulator: API v2 persons/deals/organizations/personFields/search, the v1
+webhooks/personFields/users endpoints, webhooks v2 delivery, Campaigns `marketing_status` rules,
+burst and daily-token rate limits — served as an ASGI app (`PipedriveSim(...).app`).
+
+Module map:
+
+- `app.py`      PipedriveSim and the HTTP routes (auth, limits, query parsing, `/_sim` control surface)
+- `service.py`  writes: strict v2 input checks, marketing_status rules, webhook events
+- `store.py`    compact in-memory rows, ordered indexes for cursor paging, consent per email
+- `views.py`    wire shapes: REST v2, webhooks v2 `data`, v1 objects, search items
+- `fields.py`   field registry and custom-field value shapes (REST v2 / webhook / v1)
+- `webhooks.py` `/v1/webhooks` registry, v2/v1 payloads, retries, ban with lost events
+- `limits.py`   burst window, Search window, daily token budget, Cloudflare 403
+- `costs.py`    token cost per operation, generated from the specs by `gen_costs.py`
+- `seed.py`     the base account and deterministic seeded data
+- `config.py`   `/_sim/config` settings, the movable clock, time formats
+
+Documented choices where Pipedrive's behaviour is unconfirmed:
+
+- Soft-deleted persons are hidden from `GET /api/v2/persons` (with or without `updated_since`) and
+  from search, but `GET /api/v2/persons/{id}` still returns them with `is_deleted: true` and
+  `update_time` = delete time. `POST /_sim/config {"deleted_persons_in_list": true}` shows them in
+  lists instead. Deleted deals are listed only with `status=deleted`, archived ones only on
+  `/api/v2/deals/archived`.
+- 429 body: `{"success": false, "error": "Request over limit", "errorCode": 429, "error_info": ...,
+  "data": null, "additional_data": null}` with `Retry-After` (seconds) and `x-ratelimit-*` headers.
+  A daily-budget 429 says so in `error` and carries `x-daily-ratelimit-token-remaining: 0` and a
+  Retry-After up to midnight UTC. After `abuse_threshold` further limited requests: HTML 403.
+- `once_only_rule` (on by default): for one email, each distinct (old → new) change takes effect at
+  most once; a repeat is ignored like any forbidden change (see `pmsync.rules.status`).
+- A write that changes nothing keeps `update_time` and raises no webhook.
+- Fields the spec types as non-nullable are omitted when empty rather than sent as null (see
+  `views.py`); only `next_cursor`, `person_id` and `org_id` are ever null where the spec says not.
+"""
+
+from simulators.pipedrive.app import PipedriveSim
+
+__all__ = ["PipedriveSim"]

@@ -1,0 +1,468 @@
+"""In-memory data of the simulated Pipedrive company: compact rows, ordered indexes, consent by email.
+
+Memory and speed matter (1,000,000 persons must fit comfortably next to the sync under test):
+
+- rows are `__slots__` objects; emails/phones are tuples of `(value, primary, label)` with interned
+  labels; custom values live in a small dict only when a row has any;
+- every table keeps three ordered indexes as `array('q')` of int64 keys: `id`, and
+  `(update_time << 32) | id`, `(add_time << 32) | id`. A page is a bisect plus a short scan, never a sort;
+- `marketing_status` is stored per normalized email (the status belongs to the primary email) and only
+  when it differs from `no_consent`.
+
+The store knows nothing about HTTP or webhooks: `service.py` orchestrates writes and events.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
+
+from pmsync.rules.status import COUNTS_TOWARDS_CAP, MarketingStatus, is_valid_email, normalize_email
+from simulators.pipedrive.fields import FieldRegistry, new_counter
+
+ID_MASK = 0xFFFFFFFF
+Email = tuple[str, bool, str]
+
+
+def primary_of(items: tuple[Email, ...]) -> str | None:
+    """The primary value of an emails/phones tuple (the first one if none is flagged)."""
+    for value, primary, _ in items:
+        if primary:
+            return value
+    return items[0][0] if items else None
+
+
+class Person:
+    __slots__ = (
+        "add_time",
+        "custom",
+        "emails",
+        "extra",
+        "first_name",
+        "id",
+        "is_deleted",
+        "label_ids",
+        "last_name",
+        "name",
+        "org_id",
+        "owner_id",
+        "phones",
+        "picture_id",
+        "update_time",
+        "visible_to",
+    )
+
+    def __init__(self, id: int, name: str, owner_id: int, add_time: int) -> None:
+        self.id = id
+        self.name = name
+        self.first_name: str | None = None
+        self.last_name: str | None = None
+        self.owner_id = owner_id
+        self.org_id: int | None = None
+        self.add_time = add_time
+        self.update_time = add_time
+        self.emails: tuple[Email, ...] = ()
+        self.phones: tuple[Email, ...] = ()
+        self.is_deleted = False
+        self.visible_to = 3
+        self.label_ids: tuple[int, ...] = ()
+        self.custom: dict[str, Any] | None = None
+        self.picture_id: int | None = None
+        self.extra: dict[str, Any] | None = None  # Contact Sync fields
+
+    @property
+    def primary_email(self) -> str | None:
+        return primary_of(self.emails)
+
+    def __repr__(self) -> str:
+        return f"Person(id={self.id}, name={self.name!r}, emails={self.emails!r}, deleted={self.is_deleted})"
+
+
+class Organization:
+    __slots__ = (
+        "add_time",
+        "address",
+        "custom",
+        "id",
+        "is_deleted",
+        "label_ids",
+        "name",
+        "owner_id",
+        "update_time",
+        "visible_to",
+    )
+
+    def __init__(self, id: int, name: str, owner_id: int, add_time: int) -> None:
+        self.id = id
+        self.name = name
+        self.owner_id = owner_id
+        self.add_time = add_time
+        self.update_time = add_time
+        self.is_deleted = False
+        self.visible_to = 3
+        self.address: dict[str, str] | None = None
+        self.label_ids: tuple[int, ...] = ()
+        self.custom: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Organization(id={self.id}, name={self.name!r})"
+
+
+class Deal:
+    __slots__ = (
+        "add_time",
+        "archive_time",
+        "close_time",
+        "creator_user_id",
+        "currency",
+        "custom",
+        "expected_close_date",
+        "id",
+        "is_archived",
+        "is_deleted",
+        "label_ids",
+        "lost_reason",
+        "lost_time",
+        "org_id",
+        "origin",
+        "owner_id",
+        "person_id",
+        "pipeline_id",
+        "probability",
+        "stage_change_time",
+        "stage_id",
+        "status",
+        "title",
+        "update_time",
+        "value",
+        "visible_to",
+        "won_time",
+    )
+
+    def __init__(self, id: int, title: str, owner_id: int, add_time: int) -> None:
+        self.id = id
+        self.title = title
+        self.owner_id = owner_id
+        self.creator_user_id = owner_id
+        self.person_id: int | None = None
+        self.org_id: int | None = None
+        self.pipeline_id = 1
+        self.stage_id = 1
+        self.value: float = 0
+        self.currency = "EUR"
+        self.add_time = add_time
+        self.update_time = add_time
+        self.stage_change_time = add_time
+        self.status = "open"  # open | won | lost (deletion is `is_deleted`)
+        self.is_deleted = False
+        self.is_archived = False
+        self.archive_time: int | None = None
+        self.won_time: int | None = None
+        self.lost_time: int | None = None
+        self.close_time: int | None = None
+        self.lost_reason: str | None = None
+        self.probability: float | None = None
+        self.visible_to = 3
+        self.expected_close_date: str | None = None
+        self.label_ids: tuple[int, ...] = ()
+        self.origin = "API"
+        self.custom: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Deal(id={self.id}, title={self.title!r}, status={self.status}, deleted={self.is_deleted})"
+
+
+class _Row(Protocol):
+    id: int
+    add_time: int
+    update_time: int
+
+
+R = TypeVar("R", bound=_Row)
+
+
+class OrderedIndex:
+    """Sorted int64 keys in a compact array; insert/remove are a bisect plus a memmove."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys = array("q")
+
+    def add(self, key: int) -> None:
+        keys = self.keys
+        if not keys or key >= keys[-1]:
+            keys.append(key)
+        else:
+            keys.insert(bisect_left(keys, key), key)
+
+    def remove(self, key: int) -> None:
+        keys = self.keys
+        i = bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            del keys[i]
+
+    def load(self, keys: Iterable[int]) -> None:
+        self.keys = array("q", sorted(keys))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def time_key(t: int, id: int) -> int:
+    return (t << 32) | id
+
+
+SORT_FIELDS = ("id", "update_time", "add_time")
+_CANDIDATE_LIMIT = 200_000
+
+
+class Table(Generic[R]):
+    """Rows by id plus the three ordered indexes used for cursor paging."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, R] = {}
+        self.by_id = OrderedIndex()
+        self.by_update = OrderedIndex()
+        self.by_add = OrderedIndex()
+        self.next_id = 1
+
+    def new_id(self) -> int:
+        value = self.next_id
+        self.next_id += 1
+        return value
+
+    def insert(self, row: R) -> None:
+        self.rows[row.id] = row
+        self.by_id.add(row.id)
+        self.by_update.add(time_key(row.update_time, row.id))
+        self.by_add.add(time_key(row.add_time, row.id))
+        self.next_id = max(self.next_id, row.id + 1)
+
+    def touch(self, row: R, update_time: int) -> None:
+        """Set `update_time` and move the row in the update index."""
+        if update_time == row.update_time:
+            return
+        self.by_update.remove(time_key(row.update_time, row.id))
+        row.update_time = update_time
+        self.by_update.add(time_key(update_time, row.id))
+
+    def set_add_time(self, row: R, add_time: int) -> None:
+        self.by_add.remove(time_key(row.add_time, row.id))
+        row.add_time = add_time
+        self.by_add.add(time_key(add_time, row.id))
+
+    def bulk_load(self, rows: Iterable[R]) -> None:
+        """Replace the content at once (seeding): indexes are built with one sort each."""
+        self.rows = {r.id: r for r in rows}
+        values = self.rows.values()
+        self.by_id.load(self.rows.keys())
+        self.by_update.load(time_key(r.update_time, r.id) for r in values)
+        self.by_add.load(time_key(r.add_time, r.id) for r in values)
+        self.next_id = max(self.rows, default=0) + 1
+
+    @staticmethod
+    def sort_key(row: _Row, sort: str) -> int:
+        if sort == "id":
+            return row.id
+        return time_key(row.update_time if sort == "update_time" else row.add_time, row.id)
+
+    def page(
+        self,
+        *,
+        sort: str = "id",
+        desc: bool = False,
+        limit: int = 100,
+        start_key: int | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        ids: Iterable[int] | None = None,
+        where: Callable[[R], bool] | None = None,
+    ) -> tuple[list[R], R | None]:
+        """One page in (sort, id) order starting at `start_key` (inclusive), plus the next page's first row.
+
+        `since` is inclusive and `until` exclusive on `update_time`.
+        """
+        rows = self.rows
+        keys: Any
+        if ids is not None:
+            keys = sorted(self.sort_key(rows[i], sort) for i in set(ids) if i in rows)
+        elif sort != "update_time" and (since is not None or until is not None):
+            upd = self.by_update.keys
+            lo = bisect_left(upd, time_key(since, 0)) if since is not None else 0
+            hi = bisect_left(upd, time_key(until, 0)) if until is not None else len(upd)
+            if hi - lo <= _CANDIDATE_LIMIT:
+                keys = sorted(self.sort_key(rows[k & ID_MASK], sort) for k in upd[lo:hi])
+            else:
+                keys = (self.by_id if sort == "id" else self.by_add).keys
+        else:
+            keys = {"id": self.by_id, "update_time": self.by_update, "add_time": self.by_add}[sort].keys
+
+        out: list[R] = []
+        by_update = sort == "update_time"
+        if not desc:
+            if start_key is not None:
+                pos = bisect_left(keys, start_key)
+            elif by_update and since is not None:
+                pos = bisect_left(keys, time_key(since, 0))
+            else:
+                pos = 0
+            stop_at = time_key(until, 0) if by_update and until is not None else None
+            positions: Iterator[int] = iter(range(pos, len(keys)))
+        else:
+            if start_key is not None:
+                pos = bisect_right(keys, start_key) - 1
+            elif by_update and until is not None:
+                pos = bisect_left(keys, time_key(until, 0)) - 1
+            else:
+                pos = len(keys) - 1
+            stop_below = time_key(since, 0) if by_update and since is not None else None
+            positions = iter(range(pos, -1, -1))
+        for i in positions:
+            key = keys[i]
+            if not desc:
+                if stop_at is not None and key >= stop_at:
+                    break
+            elif stop_below is not None and key < stop_below:
+                break
+            row = rows[key & ID_MASK]
+            if since is not None and row.update_time < since:
+                continue
+            if until is not None and row.update_time >= until:
+                continue
+            if where is not None and not where(row):
+                continue
+            out.append(row)
+            if len(out) > limit:
+                break
+        nxt = out.pop() if len(out) > limit else None
+        return out, nxt
+
+
+class Marketing:
+    """Campaigns consent per normalized email. Absent means `no_consent`."""
+
+    def __init__(self) -> None:
+        self.status: dict[str, MarketingStatus] = {}
+        self.subscribed = 0
+        #: emails -> (old, new) changes already made once (for `once_only_rule`)
+        self.changes_made: dict[str, set[tuple[MarketingStatus, MarketingStatus]]] = {}
+
+    def get(self, email: str | None) -> MarketingStatus:
+        if not email or not is_valid_email(email):
+            return MarketingStatus.NO_CONSENT
+        return self.status.get(normalize_email(email), MarketingStatus.NO_CONSENT)
+
+    def set(self, email_norm: str, new: MarketingStatus, record_change: bool = True) -> MarketingStatus:
+        old = self.status.get(email_norm, MarketingStatus.NO_CONSENT)
+        if new == old:
+            return old
+        if old in COUNTS_TOWARDS_CAP:
+            self.subscribed -= 1
+        if new in COUNTS_TOWARDS_CAP:
+            self.subscribed += 1
+        if new is MarketingStatus.NO_CONSENT:
+            self.status.pop(email_norm, None)
+        else:
+            self.status[email_norm] = new
+        if record_change:
+            self.changes_made.setdefault(email_norm, set()).add((old, new))
+        return old
+
+    def load(self, statuses: dict[str, MarketingStatus]) -> None:
+        self.status = {k: v for k, v in statuses.items() if v is not MarketingStatus.NO_CONSENT}
+        self.subscribed = sum(1 for v in self.status.values() if v in COUNTS_TOWARDS_CAP)
+        self.changes_made = {}
+
+
+class Store:
+    """All company data. Callers hold `lock` around reads that must be consistent and every write."""
+
+    COMPANY_ID = 7_531_001
+    COMPANY_DOMAIN = "pmsync-sim"
+    COMPANY_NAME = "pmsync simulated company"
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.clear()
+
+    def clear(self) -> None:
+        self.users: dict[int, dict[str, Any]] = {}
+        self.orgs: Table[Organization] = Table()
+        self.persons: Table[Person] = Table()
+        self.deals: Table[Deal] = Table()
+        field_ids = new_counter(9001)
+        option_ids = new_counter(101)
+        self.person_fields = FieldRegistry("person", field_ids, option_ids)
+        self.deal_fields = FieldRegistry("deal", field_ids, option_ids)
+        self.org_fields = FieldRegistry("organization", field_ids, option_ids)
+        self.marketing = Marketing()
+        #: normalized email -> person id, or list of ids when shared (any position, non-deleted persons)
+        self.email_index: dict[str, int | list[int]] = {}
+        self.label_ids: tuple[int, ...] = (1, 2, 3)
+
+    # ---------------------------------------------------------------- email index
+
+    def persons_with_email(self, email: str) -> list[int]:
+        hit = self.email_index.get(normalize_email(email))
+        if hit is None:
+            return []
+        return [hit] if isinstance(hit, int) else list(hit)
+
+    def persons_with_primary(self, email: str) -> list[Person]:
+        """Live persons whose primary email is `email` (case-insensitive): they share one status."""
+        norm = normalize_email(email)
+        out = []
+        for pid in self.persons_with_email(norm):
+            p = self.persons.rows[pid]
+            primary = p.primary_email
+            if not p.is_deleted and primary is not None and normalize_email(primary) == norm:
+                out.append(p)
+        return out
+
+    def index_emails(self, person: Person) -> None:
+        for value, _, _ in person.emails:
+            norm = normalize_email(value)
+            hit = self.email_index.get(norm)
+            if hit is None:
+                self.email_index[norm] = person.id
+            elif isinstance(hit, int):
+                if hit != person.id:
+                    self.email_index[norm] = [hit, person.id]
+            elif person.id not in hit:
+                hit.append(person.id)
+
+    def unindex_emails(self, person: Person) -> None:
+        for value, _, _ in person.emails:
+            norm = normalize_email(value)
+            hit = self.email_index.get(norm)
+            if hit is None:
+                continue
+            if isinstance(hit, int):
+                if hit == person.id:
+                    del self.email_index[norm]
+            else:
+                if person.id in hit:
+                    hit.remove(person.id)
+                if len(hit) == 1:
+                    self.email_index[norm] = hit[0]
+                elif not hit:
+                    del self.email_index[norm]
+
+    def status_of(self, person: Person) -> MarketingStatus:
+        return self.marketing.get(person.primary_email)
+
+    # ---------------------------------------------------------------- sizes
+
+    def approx_bytes(self) -> int:
+        """A rough size of the persons table (for benchmarks' sanity checks)."""
+        rows = self.persons.rows
+        if not rows:
+            return 0
+        sample = list(rows.values())[:: max(1, len(rows) // 1000)]
+        per = sum(sys.getsizeof(p) + sum(sys.getsizeof(e) for e in p.emails) for p in sample) / len(sample)
+        return int(per * len(rows))
