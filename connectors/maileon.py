@@ -901,7 +901,7 @@ class MaileonClient:
 
     def delete_webhook(self, webhook_id: int) -> bool:
         try:
-            self._request("DELETE", f"/webhooks/{int(webhook_id)}", "/webhooks/{id}")
+            self._request("DELETE", f"/webhooks/{int(webhook_id)}", "/webhooks/{id}", accept=JSON_TYPE)
         except NotFoundError:
             return False
         return True
