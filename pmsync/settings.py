@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_STATE_DIR = Path(".pmsync")
 
@@ -38,6 +39,36 @@ class Settings(BaseSettings):
     http_max_retries: int = Field(default=6, validation_alias="PMSYNC_HTTP_MAX_RETRIES")
     http_backoff_base_seconds: float = Field(default=0.5, validation_alias="PMSYNC_HTTP_BACKOFF_BASE_SECONDS")
     http_backoff_max_seconds: float = Field(default=60.0, validation_alias="PMSYNC_HTTP_BACKOFF_MAX_SECONDS")
+
+    # Consent sync
+    maileon_doi_mailing_key: str | None = Field(default=None, validation_alias="MAILEON_DOI_MAILING_KEY")
+    maileon_doiplus: bool = Field(default=False, validation_alias="MAILEON_DOIPLUS")
+    maileon_src: str = Field(default="pmsync", validation_alias="MAILEON_SRC")
+    #: Up to 5 Pipedrive person custom fields (by name or key) sent to Maileon as custom fields.
+    person_custom_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="PMSYNC_PERSON_CUSTOM_FIELDS"
+    )
+    #: "auto" detects Campaigns (marketing_status readable); "on"/"off" force it.
+    campaigns: str = Field(default="auto", pattern="^(auto|on|off)$", validation_alias="PMSYNC_CAMPAIGNS")
+    #: Emails settled per task run (one task = one batch).
+    batch_size: int = Field(default=100, ge=1, le=500, validation_alias="PMSYNC_BATCH_SIZE")
+    #: Re-read this far behind each watermark: Pipedrive times have second precision and Maileon
+    #: reports may land late.
+    watermark_overlap_seconds: int = Field(default=300, ge=0, validation_alias="PMSYNC_WATERMARK_OVERLAP_SECONDS")
+
+    @field_validator("person_custom_fields", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("person_custom_fields")
+    @classmethod
+    def _at_most_five(cls, value: list[str]) -> list[str]:
+        if len(value) > 5:
+            raise ValueError(f"at most 5 person custom fields can be sent to Maileon, got {len(value)}")
+        return value
 
     @field_validator("pipedrive_base_url", "maileon_base_url")
     @classmethod
