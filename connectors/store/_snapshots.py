@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Connection, Table, delete, func, select, text
 
 from pmsync.rules.status import normalize_email
 
@@ -69,14 +69,15 @@ class SnapshotOps(StoreBase):
     def snapshot_upsert_many(
         self, rows: Iterable[SnapshotRow | Mapping[str, Any]], chunk_size: int = BULK_CHUNK
     ) -> int:
-        """Insert or replace snapshots by person_id, ``chunk_size`` rows per statement/transaction
-        (executemany ON CONFLICT DO UPDATE); returns rows written. Missing ``seen_at`` means now."""
+        """Insert or replace snapshots by person_id, ``chunk_size`` rows per statement/transaction;
+        returns rows written. Missing ``seen_at`` means now.
+
+        SQLite: executemany of INSERT … ON CONFLICT DO UPDATE. PostgreSQL: one
+        ``INSERT … SELECT FROM unnest(<column arrays>) ON CONFLICT DO UPDATE`` per chunk (about twice
+        as fast as a pipelined executemany).
+        """
         now = utcnow()
-        ins = self._insert(_SNAPSHOT)
-        stmt = ins.on_conflict_do_update(
-            index_elements=["person_id"],
-            set_={c: ins.excluded[c] for c in SNAPSHOT_COLUMNS if c != "person_id"},
-        )
+        write = self._upsert_pg_unnest if self.dialect == "postgresql" else self._upsert_executemany
         written = 0
         for batch in chunked(rows, chunk_size):
             # one row per person per statement (PostgreSQL refuses to update a row twice), in key
@@ -84,9 +85,30 @@ class SnapshotOps(StoreBase):
             by_id = {r["person_id"]: r for r in (_row(item, now) for item in batch)}
             params = [by_id[k] for k in sorted(by_id)]
             with self._write() as conn:
-                conn.execute(stmt, params)
+                write(conn, params)
             written += len(params)
         return written
+
+    def _upsert_executemany(self, conn: Connection, params: list[dict[str, Any]]) -> None:
+        ins = self._insert(_SNAPSHOT)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["person_id"],
+            set_={c: ins.excluded[c] for c in SNAPSHOT_COLUMNS if c != "person_id"},
+        )
+        conn.execute(stmt, params)
+
+    def _upsert_pg_unnest(self, conn: Connection, params: list[dict[str, Any]]) -> None:
+        dialect = conn.dialect
+        columns = ", ".join(SNAPSHOT_COLUMNS)
+        arrays = ", ".join(
+            f"CAST(:{c} AS {_SNAPSHOT.c[c].type.compile(dialect=dialect)}[])" for c in SNAPSHOT_COLUMNS
+        )
+        updates = ", ".join(f"{c} = excluded.{c}" for c in SNAPSHOT_COLUMNS if c != "person_id")
+        stmt = text(
+            f"INSERT INTO {_SNAPSHOT.name} ({columns}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT (person_id) DO UPDATE SET {updates}"
+        )
+        conn.execute(stmt, {c: [p[c] for p in params] for c in SNAPSHOT_COLUMNS})
 
     def snapshot_get_many(self, person_ids: Iterable[int]) -> dict[int, SnapshotRow]:
         found: dict[int, SnapshotRow] = {}
