@@ -99,7 +99,6 @@ from pmsync.rules.views import (
     LastState,
     MaileonView,
     Permission,
-    PersonView,
     PipedriveView,
 )
 
@@ -305,6 +304,8 @@ class Decision(_Frozen):
     actions: tuple[Action, ...]
     #: Store this once every action succeeded (after folding in read-backs).
     last: LastState
+    #: The state the decision started from.
+    previous: LastState
     ledger: tuple[LedgerEntry, ...] = ()
 
     @property
@@ -314,6 +315,48 @@ class Decision(_Frozen):
     @property
     def phase(self) -> ConsentPhase:
         return self.last.phase
+
+    def last_after_partial(self, applied: int) -> LastState:
+        """The state to store when only the first ``applied`` actions succeeded.
+
+        The previous state plus what the applied actions did — above all pmsync's own Maileon
+        writes, so that the next decision does not mistake them for someone else's. Everything
+        else is decided again from the views next time.
+        """
+        state = self.previous
+        new = self.last
+        for action in self.actions[:applied]:
+            if isinstance(action, UnsubscribeMaileon):
+                update: dict[str, object] = {
+                    "maileon_opted_out": True,
+                    "maileon_unsubscribe_sent_at": new.maileon_unsubscribe_sent_at,
+                    "last_known_permission": None,
+                }
+                if new.phase is Phase.OPTED_OUT:
+                    update |= {"phase": new.phase, "phase_since": new.phase_since,
+                               "last_unsubscribe_at": new.last_unsubscribe_at}
+                state = state.model_copy(update=update)
+            elif isinstance(action, CreateMaileonContactWithDOI):
+                state = state.model_copy(update={
+                    "phase": new.phase, "phase_since": new.phase_since,
+                    "newsletter_request_at": new.newsletter_request_at,
+                    "last_unsubscribe_at": new.last_unsubscribe_at,
+                    "doi_started_at": new.doi_started_at, "maileon_opted_out": False,
+                    "last_known_permission": new.last_known_permission,
+                    "marketing_status_refused": None,
+                })
+            elif isinstance(action, UpdateMaileonFields):
+                state = state.model_copy(update={"fields_hash": action.fields_hash})
+            elif isinstance(action, SetNewsletter | SetMarketingStatus):
+                persons = dict(state.persons)
+                for pid in action.person_ids:
+                    known = persons.get(pid, KnownPerson())
+                    if isinstance(action, SetNewsletter):
+                        persons[pid] = known.model_copy(update={"newsletter": action.value})
+                    else:
+                        persons[pid] = known.model_copy(update={"marketing_status": action.expected[pid]})
+                state = state.model_copy(update={"persons": persons})
+        return state
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,6 +422,7 @@ def decide(
             email=email,
             actions=(Skip(reason=Reason.NO_VALID_EMAIL, detail="never pushed: no valid email address"),),
             last=last,
+            previous=last,
         )
     members = pd.members
     if not members:
@@ -386,6 +430,7 @@ def decide(
             email=email,
             actions=(Skip(reason=Reason.NO_MEMBER, detail="no Pipedrive person has this primary email"),),
             last=last,
+            previous=last,
         )
     cause = signal.cause if signal is not None else "reconcile"
     read_at = pd.fetched_at or now
@@ -512,16 +557,14 @@ def decide(
     refused = last.marketing_status_refused if phase is last.phase else None
     if pd.campaigns_enabled:
         target_ms: MarketingStatus | None = None
-        candidates: tuple[PersonView, ...] = ()
         if phase is Phase.OPTED_OUT or (fold.optout_in_batch and phase in (Phase.REQUESTED, Phase.PENDING)):
-            target_ms, candidates = MS.UNSUBSCRIBED, members
-        elif phase is Phase.SUBSCRIBED and fold.entered_subscribed:
-            target_ms, candidates, refused = MS.SUBSCRIBED, members, None
-        elif phase is Phase.SUBSCRIBED:  # members that joined the email since
+            target_ms = MS.UNSUBSCRIBED
+        elif phase is Phase.SUBSCRIBED:
             target_ms = MS.SUBSCRIBED
-            candidates = tuple(m for m in members if m.person_id not in last.persons)
+            if fold.entered_subscribed:
+                refused = None
         expected: dict[int, MarketingStatus] = {}
-        for m in candidates:
+        for m in members if target_ms is not None else ():
             current = m.marketing_status
             if current is target_ms:
                 continue
@@ -543,6 +586,10 @@ def decide(
             if target_ms is MS.SUBSCRIBED and current is MS.PENDING_UPGRADE:
                 records.append(RecordOnly(reason=Reason.PENDING_UPGRADE, person_ids=(m.person_id,),
                                           detail="subscriber cap full: pending_upgrade is not subscribed"))
+                continue
+            # subscribed is written on a (new) confirmation and for members that joined since; an
+            # admin's later archived/no_consent is theirs. unsubscribed is kept up while opted out.
+            if target_ms is MS.SUBSCRIBED and not fold.entered_subscribed and m.person_id in last.persons:
                 continue
             assert target_ms is not None
             expected[m.person_id] = next_status(current or MS.NO_CONSENT, target_ms)
@@ -585,7 +632,7 @@ def decide(
         fields_hash=fields_hash,
         observed_at=read_at,
     )
-    return Decision(email=email, actions=tuple(actions), last=new_last, ledger=tuple(ledger))
+    return Decision(email=email, actions=tuple(actions), last=new_last, previous=last, ledger=tuple(ledger))
 
 
 def _observe(
