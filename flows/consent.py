@@ -1,0 +1,121 @@
+"""Consent sync: the four stories of issue 3, and `sync`, which runs them once in a safe order.
+
+Each story: collect candidates (pages) → settle them in batches (decide → apply → read back →
+record) → advance its watermark → publish a summary. Order in `sync`: unsubscribes first (they beat
+any older request), then opt-outs made in Pipedrive, then DOI confirmations, then new subscribers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from tasks.consent import (
+    Candidates,
+    SettleSummary,
+    collect_doi_confirmations,
+    collect_person_page,
+    collect_unsubscriptions,
+    settle_batch,
+)
+from tasks.state import account_facts, advance_watermark, batches, publish, read_window
+
+
+class StoryReport(BaseModel):
+    story: str
+    dry_run: bool
+    scanned: int
+    summary: SettleSummary
+
+
+def _settle(story: str, candidates: Candidates, dry_run: bool) -> StoryReport:
+    account = account_facts()
+    summary = SettleSummary()
+    for batch in batches(candidates):
+        summary.merge(settle_batch(account, batch, dry_run=dry_run))  # type: ignore[arg-type]
+    publish(story, summary, dry_run=dry_run, scanned=candidates.scanned)
+    get_run_logger().info(
+        "%s: %d scanned, %d emails decided, writes %s, refused %d, pending_upgrade %d, failed %d",
+        story, candidates.scanned, summary.emails, summary.actions or "none", summary.refused,
+        summary.pending_upgrade, summary.failed,
+    )
+    return StoryReport(story=story, dry_run=dry_run, scanned=candidates.scanned, summary=summary)
+
+
+def _pipedrive_changes(watermark: str, want: str) -> tuple[Candidates, datetime]:
+    """Persons updated since the story's watermark; `want` picks subscribe requests or the rest."""
+    account = account_facts()
+    since, until = read_window(watermark)
+    found, cursor = Candidates(), None
+    while True:
+        page = collect_person_page(account, since, cursor)
+        found.scanned += page.scanned
+        for email, signal in page.emails.items():
+            if (email in page.subscribe) == (want == "subscribe"):
+                found.add(email, signal)
+        cursor = page.next_cursor
+        if not cursor:
+            return found, until
+
+
+@flow(name="unsubscribes-to-pipedrive")
+def unsubscribes_to_pipedrive(dry_run: bool = False) -> StoryReport:
+    """Story 3: every Maileon unsubscribe reaches every Pipedrive person sharing the email."""
+    since, until = read_window("consent.unsubscribes")
+    candidates = collect_unsubscriptions(since, until)
+    report = _settle("unsubscribes-to-pipedrive", candidates, dry_run)
+    if not dry_run and report.summary.failed == 0:
+        advance_watermark("consent.unsubscribes", until)
+    return report
+
+
+@flow(name="optouts-to-maileon")
+def optouts_to_maileon(dry_run: bool = False) -> StoryReport:
+    """Story 4: Newsletter=Unsubscribed or marketing_status=unsubscribed set in Pipedrive unsubscribes
+    the contact in Maileon."""
+    candidates, until = _pipedrive_changes("consent.persons.optouts", want="changes")
+    report = _settle("optouts-to-maileon", candidates, dry_run)
+    if not dry_run and report.summary.failed == 0:
+        advance_watermark("consent.persons.optouts", until)
+    return report
+
+
+@flow(name="doi-confirmations-to-pipedrive")
+def doi_confirmations_to_pipedrive(dry_run: bool = False) -> StoryReport:
+    """Story 2: a confirmed DOI (permission 4/5) shows as Newsletter=Subscribed (and, with Campaigns,
+    marketing_status=subscribed, read back)."""
+    since, until = read_window("consent.doi")
+    found, page_index = Candidates(), 1
+    while page_index:
+        page = collect_doi_confirmations(since, page_index)
+        found.merge(page)
+        found.scanned += page.scanned
+        page_index = page.next_page or 0
+    report = _settle("doi-confirmations-to-pipedrive", found, dry_run)
+    if not dry_run and report.summary.failed == 0:
+        advance_watermark("consent.doi", until)
+    return report
+
+
+@flow(name="subscribers-to-maileon")
+def subscribers_to_maileon(dry_run: bool = False) -> StoryReport:
+    """Story 1: persons whose Newsletter says Subscribe get a Maileon contact with a double opt-in;
+    Newsletter then says Pending DOI."""
+    candidates, until = _pipedrive_changes("consent.persons.subscribe", want="subscribe")
+    report = _settle("subscribers-to-maileon", candidates, dry_run)
+    if not dry_run and report.summary.failed == 0:
+        advance_watermark("consent.persons.subscribe", until)
+    return report
+
+
+@flow(name="consent-sync")
+def sync(dry_run: bool = False) -> list[StoryReport]:
+    """Stories 1–4 once, unsubscribes first. `dry_run` decides and reports but writes nothing."""
+    return [
+        unsubscribes_to_pipedrive(dry_run=dry_run),
+        optouts_to_maileon(dry_run=dry_run),
+        doi_confirmations_to_pipedrive(dry_run=dry_run),
+        subscribers_to_maileon(dry_run=dry_run),
+    ]
