@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import Any
 
 from cyclopts import App
 
@@ -95,6 +96,129 @@ def demo(*, duration: float = 10.0) -> int:
         Seconds to keep the simulators up.
     """
     return simulate(pipedrive_port=0, maileon_port=0, duration=duration)
+
+
+def _print_story(report: Any) -> None:
+    s = report.summary
+    verb = "planned" if report.dry_run else "applied"
+    writes = ", ".join(f"{k}={v}" for k, v in sorted(s.actions.items())) or "none"
+    print(f"  {report.story:<32} scanned {report.scanned:>6}  decided {s.emails:>5}  {verb}: {writes}")
+    if s.refused or s.pending_upgrade or s.failed:
+        print(f"  {'':<32} refused by Pipedrive {s.refused}, pending_upgrade {s.pending_upgrade}, "
+              f"not settled {s.failed} (retried next run)")
+
+
+@app.command
+def setup() -> int:
+    """Validate both credentials; create the Newsletter person field and pmsync's Maileon custom fields."""
+    from flows.setup import setup as setup_flow
+
+    report = setup_flow()
+    print(f"Pipedrive company {report.pipedrive_company_id}, API user {report.pipedrive_user_id}; "
+          f"Campaigns {'on' if report.campaigns_enabled else 'off'}.")
+    print(f"Newsletter field {report.newsletter_field_key} "
+          f"{'created' if report.newsletter_field_created else 'already present'}.")
+    print(f"Maileon custom fields created: {', '.join(report.maileon_fields_created) or 'none (all present)'}.")
+    return 0
+
+
+@app.command
+def sync(*, dry_run: bool = False) -> int:
+    """Run consent stories 1–4 once: unsubscribes, Pipedrive opt-outs, DOI confirmations, new subscribers.
+
+    Parameters
+    ----------
+    dry_run
+        Decide and print the plan; write nothing to Pipedrive, Maileon or the ledger.
+    """
+    from flows.consent import sync as sync_flow
+
+    reports = sync_flow(dry_run=dry_run)
+    print("Consent sync" + (" (dry run: nothing written)" if dry_run else "") + ":")
+    for report in reports:
+        _print_story(report)
+    return 0
+
+
+@app.command
+def intake(
+    *,
+    email: str,
+    source: str,
+    name: str = "",
+    consent: bool = False,
+    double_opt_in: bool = False,
+    unsubscribe: bool = False,
+    dry_run: bool = False,
+) -> int:
+    """Take in one submission from a form, booking or other tool (story 5).
+
+    Parameters
+    ----------
+    email
+        The submitted email address.
+    source
+        Where it came from (recorded in the consent ledger), e.g. "website-form".
+    name
+        Full name (defaults to the email's local part when a person must be created).
+    consent
+        The person gave newsletter consent (--consent / --no-consent).
+    double_opt_in
+        Start a double opt-in in Maileon.
+    unsubscribe
+        An unsubscribe form: opt the email out everywhere.
+    dry_run
+        Print what would happen; write nothing.
+    """
+    from pydantic import ValidationError
+
+    from flows.intake import intake as intake_flow
+    from tasks.intake import IntakeSubmission
+
+    try:
+        submission = IntakeSubmission(email=email, name=name, consent=consent, double_opt_in=double_opt_in,
+                                      unsubscribe=unsubscribe, source=source)
+    except ValidationError as exc:
+        print(f"error: {exc.errors()[0]['msg']}")
+        return 2
+    result = intake_flow(submission, dry_run=dry_run)
+    who = f"person {', '.join(map(str, result.person_ids))}" if result.person_ids else "no Pipedrive person"
+    print(f"Intake {result.email_masked}: {who}{' (created)' if result.created_person else ''}; "
+          f"{'planned' if dry_run else 'applied'}: "
+          f"{', '.join(f'{k}={v}' for k, v in sorted(result.summary.actions.items())) or 'no change'}.")
+    return 0
+
+
+@app.command
+def audit(email: str, /, *, json: bool = False) -> int:
+    """Print one email's consent history from the ledger (oldest first).
+
+    Parameters
+    ----------
+    email
+        The email address to look up.
+    json
+        Print JSON lines instead of a table.
+    """
+    import json as jsonlib
+
+    from connectors.store import Store
+    from pmsync.rules.status import normalize_email
+
+    store = Store.from_settings()
+    rows = store.ledger_for_email(normalize_email(email))
+    if json:
+        for row in rows:
+            print(jsonlib.dumps(row.model_dump(mode="json"), sort_keys=True))
+        return 0
+    if not rows:
+        print("No consent history recorded for this email.")
+        return 1
+    print(f"{'when (UTC)':<20} {'system':<9} {'field':<16} {'old':>14} → {'new':<14} {'outcome':<15} cause")
+    for r in rows:
+        print(f"{r.at:%Y-%m-%d %H:%M:%S} {r.system:<9} {r.field:<16} {str(r.old_value or '-'):>14} → "
+              f"{str(r.new_value or '-'):<14} {r.outcome:<15} {r.cause_kind}:{r.cause_ref or ''}")
+    return 0
 
 
 def main() -> None:

@@ -44,6 +44,18 @@ class MaileonSignal(BaseModel):
     cause: str
 
 
+class IntakeSignal(BaseModel):
+    kind: Literal["intake"] = "intake"
+    at: datetime
+    cause: str
+    consent: bool
+    double_opt_in: bool = False
+    unsubscribe: bool = False
+
+
+AnySignal = MaileonSignal | IntakeSignal
+
+
 class Candidates(BaseModel):
     """Emails that may need a decision, with at most one Maileon signal each (an unsubscribe wins)."""
 
@@ -218,7 +230,7 @@ def _as_utc(value: Any) -> datetime | None:
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
 def settle_batch(
-    account: Account, batch: dict[str, MaileonSignal | None], dry_run: bool = False, cause_kind: str = "sync"
+    account: Account, batch: dict[str, AnySignal | None], dry_run: bool = False, cause_kind: str = "sync"
 ) -> SettleSummary:
     """Decide and apply for one batch of emails (≤ settings.batch_size)."""
     return Settler(get_runtime(), account, dry_run=dry_run, cause_kind=cause_kind).settle(batch)
@@ -232,11 +244,15 @@ class Settler:
         self.now = datetime.now(UTC)
 
     # -- views
-    def _persons_by_email(self, emails: Sequence[str]) -> dict[str, list[Person]]:
+    def _persons_by_email(
+        self, emails: Sequence[str], known: dict[str, list[int]] | None = None
+    ) -> dict[str, list[Person]]:
         index = self.rt.store.snapshot_by_email(emails)
         ids: set[int] = {row.person_id for rows in index.values() for row in rows}
         for email in emails:
-            if not index.get(email) and is_valid_email(email):
+            if known is not None and email in known:
+                ids.update(known[email])
+            elif not index.get(email) and is_valid_email(email):
                 ids.update(self.rt.pipedrive.find_person_ids_by_email(email))
         persons: list[Person] = []
         id_list = sorted(ids)
@@ -276,7 +292,7 @@ class Settler:
             custom_field_names=self.account.custom_field_names,
         )
 
-    def _maileon_view(self, email: str, signal: MaileonSignal | None, last: LastState) -> MaileonView:
+    def _maileon_view(self, email: str, signal: AnySignal | None, last: LastState) -> MaileonView:
         contact = self.rt.maileon.get_contact(email, custom_fields=["createdByPipedrive"]) if is_valid_email(email) else None
         unsub_at = signal.at if signal and signal.kind == "unsubscribe" else None
         doi_at = signal.at if signal and signal.kind == "doi" else None
@@ -296,9 +312,12 @@ class Settler:
         )
 
     # -- settle
-    def settle(self, batch: dict[str, MaileonSignal | None]) -> SettleSummary:
-        emails = [normalize_email(e) for e in batch]
-        persons = self._persons_by_email(emails)
+    def settle(
+        self, batch: dict[str, AnySignal | None], person_ids: dict[str, list[int]] | None = None
+    ) -> SettleSummary:
+        batch = {normalize_email(e): s for e, s in batch.items()}
+        emails = list(batch)
+        persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
         states = self.rt.store.consent_states(emails)
         new_states: list[dict[str, Any]] = []
@@ -346,7 +365,7 @@ class Settler:
         return list(rows.values())
 
     def _settle_one(
-        self, email: str, persons: list[Person], orgs: dict[int, str | None], signal: MaileonSignal | None, last: LastState
+        self, email: str, persons: list[Person], orgs: dict[int, str | None], signal: AnySignal | None, last: LastState
     ) -> LastState | None:
         views: list[PersonView] = []
         mapped: dict[int, Any] = {}
@@ -367,7 +386,10 @@ class Settler:
                            fetched_at=self.now)
         ml = self._maileon_view(email, signal, last)
         sig: rules.Signal | None = None
-        if signal is not None:
+        if isinstance(signal, IntakeSignal):
+            sig = rules.Intake(at=signal.at, cause=signal.cause, consent=signal.consent,
+                               double_opt_in=signal.double_opt_in, unsubscribe=signal.unsubscribe)
+        elif signal is not None:
             cls = rules.MaileonUnsubscribed if signal.kind == "unsubscribe" else rules.MaileonDoiConfirmed
             sig = cls(at=signal.at, cause=signal.cause)
         decision = rules.decide(pd, ml, last, sig, now=self.now)

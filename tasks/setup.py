@@ -1,0 +1,44 @@
+"""`pmsync setup` (first version): validate both credentials, create the Newsletter field and the
+Maileon custom fields pmsync writes. Idempotent: a re-run creates nothing twice."""
+
+from __future__ import annotations
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.account import load_account, maileon_custom_field_types
+from tasks.retry import TASK_RETRY_DELAYS, transient_only
+from tasks.runtime import get_runtime
+
+
+class SetupReport(BaseModel):
+    pipedrive_company_id: int
+    pipedrive_user_id: int
+    campaigns_enabled: bool
+    newsletter_field_key: str
+    newsletter_field_created: bool
+    maileon_fields_created: list[str]
+    maileon_fields_present: list[str]
+
+
+@task(retries=2, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
+def prepare_accounts() -> SetupReport:
+    rt = get_runtime()
+    rt.maileon.ping()  # raises ConfigurationError with the specific key problem
+    rt.cache.pop("account", None)
+    account = load_account(rt)
+    existing = {f.name for f in rt.maileon.list_custom_fields()}
+    created: list[str] = []
+    for name, kind in maileon_custom_field_types(account).items():
+        if name not in existing:
+            rt.maileon.ensure_custom_field(name, kind)
+            created.append(name)
+    return SetupReport(
+        pipedrive_company_id=account.company_id,
+        pipedrive_user_id=account.api_user_id,
+        campaigns_enabled=account.campaigns_enabled,
+        newsletter_field_key=account.newsletter.key,
+        newsletter_field_created=account.newsletter_recreated,
+        maileon_fields_created=created,
+        maileon_fields_present=sorted(existing),
+    )
