@@ -119,11 +119,16 @@ class BudgetExhausted(RateLimited):
 class TransientError(ConnectorError):
     """A server error or network failure that persisted through the retries (or that could not be
     retried safely). ``outcome_unknown`` is True when a write may have been applied although no
-    success response arrived (e.g. a 500 or a read timeout after a non-idempotent POST)."""
+    success response arrived (e.g. a 500 or a read timeout after a non-idempotent POST); such an
+    error is *not* ``retryable``: resending blindly could duplicate the write, so the caller must
+    first find out whether it landed (the outbox/ledger reconciles)."""
 
     default_retryable = True
 
     def __init__(self, message: str, *, outcome_unknown: bool = False, **kw: Any) -> None:
+        if outcome_unknown:
+            # Repeating a write that may have landed could duplicate it: reconcile first.
+            kw.setdefault("retryable", False)
         super().__init__(message, **kw)
         self.outcome_unknown = outcome_unknown
 

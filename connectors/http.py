@@ -340,6 +340,7 @@ class HttpCore:
         logger: logging.Logger | None = None,
         secrets: tuple[str, ...] = (),
         rng: random.Random | None = None,
+        block_cooldown_seconds: float = 60.0,
     ) -> None:
         for secret in secrets:
             register_secret(secret)
@@ -354,6 +355,10 @@ class HttpCore:
         self.log = logger or logging.getLogger(f"pmsync.connectors.{self.service}")
         install_log_redaction(self.log.name)
         self.rng = rng or random.Random()
+        #: After a CDN block (HTML 403) the client sends nothing for this long: calling on would
+        #: only prolong the block.
+        self.block_cooldown_seconds = block_cooldown_seconds
+        self._blocked_until = 0.0
         self._client = httpx.Client(
             base_url=base_url,
             headers=dict(headers),
@@ -413,6 +418,7 @@ class HttpCore:
         )
         attempt = 0
         while True:
+            self._refuse_while_blocked(method, clean_path)
             self._wait_for_limiters()
             try:
                 response = self._client.send(request)
@@ -444,7 +450,7 @@ class HttpCore:
                         service=self.service,
                         method=method,
                         path=clean_path,
-                        outcome_unknown=ambiguous,
+                        outcome_unknown=False,  # only idempotent requests get here
                     ) from None
                 delay = self.retry.delay(attempt, self.rng, None)
                 self._log_retry(method, clean_path, what, attempt, delay)
@@ -477,7 +483,10 @@ class HttpCore:
 
             retryable_status = status in NOT_PROCESSED_STATUSES or status >= 500
             if not retryable_status:
-                raise self.profile.error_for(response, method, clean_path)
+                error = self.profile.error_for(response, method, clean_path)
+                if isinstance(error, ClientBlocked):
+                    self._blocked_until = self.clock() + self.block_cooldown_seconds
+                raise error
 
             hint = retry_after_seconds(response.headers)
             if hint is None and status == 429:
@@ -523,7 +532,7 @@ class HttpCore:
                 raise TransientError(
                     f"{self.service}: HTTP {status} persisted after {attempt + 1} attempts"
                     + (f" (server said: {server_msg})" if server_msg else ""),
-                    outcome_unknown=maybe_processed and is_write,
+                    outcome_unknown=False,  # ambiguous non-idempotent writes were raised above
                     **kw,
                 )
             delay = self.retry.delay(attempt, self.rng, hint)
@@ -534,6 +543,16 @@ class HttpCore:
             self.stats.record_retry(endpoint)
             self._pause(delay)
             attempt += 1
+
+    def _refuse_while_blocked(self, method: str, path: str) -> None:
+        left = self._blocked_until - self.clock()
+        if left > 0:
+            raise ClientBlocked(
+                f"{self.profile.blocked_message()} – request not sent: cooling down for another {left:.0f} s",
+                service=self.service,
+                method=method,
+                path=path,
+            )
 
     def _log_retry(self, method: str, path: str, what: str, attempt: int, delay: float) -> None:
         self.log.warning(

@@ -430,7 +430,7 @@ class PipedriveClient:
         def find() -> Person | None:
             wanted = {normalize_email(e["value"]) for e in email_items if e.get("value")}
             for person in self._newest("/api/v2/persons", PersonPage):
-                if person.name != name or set(person.email_addresses) != wanted:
+                if (person.name or "").strip() != name.strip() or set(person.email_addresses) != wanted:
                     continue
                 if person.add_time is None or person.add_time >= sent_at - PROBE_CLOCK_SKEW:
                     return person

@@ -133,6 +133,7 @@ def test_non_idempotent_post_is_not_resent_after_a_500_without_a_probe(clock: Fa
     with pytest.raises(TransientError) as err:
         client(rec, clock).create_person("Ada", emails=["ada@example.com"], probe=False)
     assert err.value.outcome_unknown is True
+    assert err.value.retryable is False  # a blind task retry could duplicate the person
     assert len(rec.requests) == 1
 
 
@@ -194,6 +195,20 @@ def test_cloudflare_html_403_is_a_clear_error_not_a_json_crash(clock: FakeClock)
     assert isinstance(err.value, ConfigurationError)
     assert "slow down" in str(err.value) and "wait" in str(err.value)
     assert err.value.retryable is False
+
+
+def test_after_a_block_the_client_cools_down_without_sending(clock: FakeClock) -> None:
+    html = "<html><title>Attention Required! | Cloudflare</title></html>"
+    rec = Recorder([httpx.Response(403, text=html, headers={"content-type": "text/html"}), ok_person()])
+    c = client(rec, clock)
+    with pytest.raises(ClientBlocked):
+        c.get_person(7)
+    with pytest.raises(ClientBlocked) as err:
+        c.get_person(7)
+    assert err.value.status is None and "not sent" in str(err.value)
+    assert len(rec.requests) == 1
+    clock.now += 61
+    assert c.get_person(7) is not None
 
 
 def test_html_instead_of_json_on_success_is_a_protocol_error(clock: FakeClock) -> None:
