@@ -13,11 +13,12 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 
+from pmsync.rules.consent import LedgerEntry as RuleLedgerEntry
 from pmsync.rules.status import normalize_email
 
 from ._base import BULK_CHUNK, StoreBase, chunked
 from ._types import as_utc, check_choice, json_dumps, scrub, to_text, utcnow
-from .models import CauseKind, ConsentLedgerEntry, LedgerField, Outcome, Source, table_of
+from .models import CauseKind, ConsentLedgerEntry, LedgerField, LedgerSystem, Outcome, table_of
 
 _LEDGER: Table = table_of(ConsentLedgerEntry)
 _LEDGER_FIELDS = (
@@ -37,23 +38,72 @@ _LEDGER_FIELDS = (
 )
 
 
-def _as_mapping(entry: ConsentLedgerEntry | Mapping[str, Any]) -> Mapping[str, Any]:
+#: Causes that name one outside event (a delivery, a report row, an intake submission): recording
+#: the same facts for the same event twice is one entry.
+_EVENT_CAUSES = frozenset({CauseKind.WEBHOOK.value, CauseKind.REPORT.value, CauseKind.INTAKE.value})
+_READBACK_OUTCOMES = frozenset({Outcome.APPLIED.value, Outcome.REFUSED.value, Outcome.PENDING_UPGRADE.value})
+
+LedgerInput = ConsentLedgerEntry | RuleLedgerEntry | Mapping[str, Any]
+
+
+def _as_mapping(entry: LedgerInput) -> Mapping[str, Any]:
     if isinstance(entry, Mapping):
         return entry
+    if isinstance(entry, RuleLedgerEntry):
+        return _from_rules(entry)
     return {name: getattr(entry, name) for name in _LEDGER_FIELDS}
 
 
+def _from_rules(entry: RuleLedgerEntry) -> dict[str, Any]:
+    """A ``pmsync.rules.consent.LedgerEntry`` in the store's columns.
+
+    ``event`` becomes the outcome, except a read-back whose note says what Pipedrive kept
+    (applied / refused / pending_upgrade); ``cause`` is the cause_ref (the caller supplies the kind);
+    event and note are kept in ``detail``.
+    """
+    outcome = entry.note if entry.event == "readback" and entry.note in _READBACK_OUTCOMES else entry.event
+    if outcome == "readback":
+        outcome = Outcome.OBSERVED.value
+    detail: dict[str, Any] = {"event": entry.event}
+    if entry.note:
+        detail["note"] = entry.note
+    return {
+        "at": entry.at,
+        "email": entry.email,
+        "person_ids": list(entry.person_ids),
+        "system": entry.system,
+        "field": entry.field,
+        "old_value": entry.old,
+        "new_value": entry.new,
+        "cause_ref": entry.cause,
+        "detail": detail,
+        "outcome": outcome,
+    }
+
+
 def entry_key_for(row: Mapping[str, Any]) -> str:
-    """The idempotency key of a (normalized) ledger row: the same cause recording the same change
-    twice is one entry. ``at`` and ``person_ids`` are not part of it."""
+    """The idempotency key of a (normalized) ledger row: everything but ``at`` and ``flow_run_id``."""
     parts = [
         row[k]
-        for k in ("cause_kind", "cause_ref", "email", "system", "field", "old_value", "new_value", "outcome")
+        for k in (
+            "cause_kind",
+            "cause_ref",
+            "email",
+            "person_ids",
+            "system",
+            "field",
+            "old_value",
+            "new_value",
+            "outcome",
+            "detail",
+        )
     ]
     return hashlib.sha256(json_dumps(parts).encode()).hexdigest()
 
 
-def _normalize(entry: ConsentLedgerEntry | Mapping[str, Any]) -> dict[str, Any]:
+def _normalize(
+    entry: LedgerInput, *, cause_kind: str | None = None, flow_run_id: str | None = None
+) -> dict[str, Any]:
     src = _as_mapping(entry)
     email = src.get("email")
     if not email or not str(email).strip():
@@ -65,27 +115,38 @@ def _normalize(entry: ConsentLedgerEntry | Mapping[str, Any]) -> dict[str, Any]:
         "at": as_utc(at) if isinstance(at, datetime) else utcnow(),
         "email": normalize_email(str(email)),
         "person_ids": sorted({int(p) for p in person_ids}),
-        "system": check_choice(Source, src.get("system"), "ledger system"),
+        "system": check_choice(LedgerSystem, src.get("system"), "ledger system"),
         "field": check_choice(LedgerField, src.get("field"), "ledger field"),
         "old_value": to_text(src.get("old_value")),
         "new_value": to_text(src.get("new_value")),
-        "cause_kind": check_choice(CauseKind, src.get("cause_kind"), "ledger cause_kind"),
+        "cause_kind": check_choice(CauseKind, src.get("cause_kind") or cause_kind, "ledger cause_kind"),
         "cause_ref": to_text(src.get("cause_ref")),
-        "flow_run_id": to_text(src.get("flow_run_id")),
+        "flow_run_id": to_text(src.get("flow_run_id") or flow_run_id),
         "detail": scrub(detail) if detail is not None else None,
         "outcome": check_choice(Outcome, src.get("outcome"), "ledger outcome"),
         "entry_key": src.get("entry_key") or None,
     }
-    if row["entry_key"] is None and row["cause_ref"] is not None:
+    if row["entry_key"] is None and row["cause_ref"] is not None and row["cause_kind"] in _EVENT_CAUSES:
         row["entry_key"] = entry_key_for(row)
     return row
 
 
 class LedgerOps(StoreBase):
-    def ledger_append(self, entries: Iterable[ConsentLedgerEntry | Mapping[str, Any]]) -> int:
+    def ledger_append(
+        self,
+        entries: Iterable[LedgerInput],
+        *,
+        cause_kind: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> int:
         """Append entries (validated, emails lower-cased, details scrubbed of secrets); returns how
-        many were new. An entry whose ``entry_key`` is already present is skipped (re-runs are safe)."""
-        rows = [_normalize(e) for e in entries]
+        many were new. An entry whose ``entry_key`` is already present is skipped (re-runs are safe).
+
+        Entries may be :class:`ConsentLedgerEntry`, mappings of its fields, or the rules'
+        ``LedgerEntry`` (``decision.ledger``); ``cause_kind`` / ``flow_run_id`` fill entries that
+        lack them: ``store.ledger_append(decision.ledger, cause_kind="webhook", flow_run_id=run_id)``.
+        """
+        rows = [_normalize(e, cause_kind=cause_kind, flow_run_id=flow_run_id) for e in entries]
         added = 0
         for batch in chunked(rows, BULK_CHUNK):
             stmt = (

@@ -7,9 +7,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, case, delete, func, select
+from sqlalchemy import Table, case, delete, func, or_, select
 
+from pmsync.rules.echo import OutboundWrite as RuleWrite
 from pmsync.rules.status import normalize_email
+from pmsync.rules.views import LastState
 
 from ._base import BULK_CHUNK, IN_CHUNK, StoreBase, chunked
 from ._types import as_utc, check_choice, to_text, utcnow
@@ -57,18 +59,48 @@ def _later(excluded: Any, current: Any) -> Any:
 
 class StateOps(StoreBase):
     # ----------------------------------------------------------------- outbound writes (echoes)
-    def record_outbound(self, writes: Iterable[OutboundWrite | Mapping[str, Any]]) -> int:
-        """Log values pmsync wrote (system, obj, field, value[, written_at]); returns rows stored."""
+    def record_outbound(self, writes: Iterable[OutboundWrite | RuleWrite | Mapping[str, Any]]) -> int:
+        """Log values pmsync wrote; returns rows stored.
+
+        Each write: ``system``, ``obj`` (object id, else email), ``field``, ``value``, optional
+        ``written_at`` (default now), ``object_type`` and ``email``. The rules' ``OutboundWrite``
+        (object / object_id / email / at) is accepted as is.
+        """
         now = utcnow()
         rows = []
         for w in writes:
-            written_at = _get(w, "written_at")
+            if isinstance(w, RuleWrite):
+                item: Mapping[str, Any] = {
+                    "system": w.system,
+                    "object_type": w.object,
+                    "obj": w.object_id or w.email,
+                    "email": w.email,
+                    "field": w.field,
+                    "value": w.value,
+                    "written_at": w.at,
+                }
+            elif isinstance(w, Mapping):
+                item = w
+            else:
+                item = {
+                    c: getattr(w, c)
+                    for c in ("system", "object_type", "obj", "email", "field", "value", "written_at")
+                }
+            obj = item.get("obj")
+            if obj is None or not str(obj).strip():
+                obj = item.get("email")
+            if obj is None or not str(obj).strip():
+                raise ValueError("an outbound write needs an object id or an email")
+            written_at = item.get("written_at")
+            email = item.get("email")
             rows.append(
                 {
-                    "system": check_choice(Source, _get(w, "system"), "outbound system"),
-                    "obj": normalize_obj(_get(w, "obj")),
-                    "field": str(_get(w, "field")),
-                    "value": to_text(_get(w, "value")),
+                    "system": check_choice(Source, item.get("system"), "outbound system"),
+                    "object_type": item.get("object_type"),
+                    "obj": normalize_obj(obj),
+                    "email": normalize_email(str(email)) if email else None,
+                    "field": str(item.get("field")),
+                    "value": to_text(item.get("value")),
                     "written_at": as_utc(written_at) if written_at else now,
                 }
             )
@@ -76,6 +108,40 @@ class StateOps(StoreBase):
             with self._write() as conn:
                 conn.execute(_OUTBOUND.insert(), batch)
         return len(rows)
+
+    def outbound_recent(
+        self,
+        *,
+        since: datetime,
+        system: str | None = None,
+        objs: Iterable[Any] | None = None,
+        emails: Iterable[str] | None = None,
+    ) -> list[OutboundWrite]:
+        """Writes since ``since`` (oldest first), optionally only for the given object ids / emails
+        (a write matches by its ``obj`` or its ``email``). Feed ``[w.as_rule() for w in …]`` to
+        ``pmsync.rules.echo.is_echo_webhook`` to judge a whole webhook."""
+        stmt = select(_OUTBOUND).where(_OUTBOUND.c.written_at >= as_utc(since))
+        if system is not None:
+            stmt = stmt.where(_OUTBOUND.c.system == system)
+        keys = {normalize_obj(o) for o in objs} if objs is not None else None
+        mails = {normalize_email(e) for e in emails if e} if emails is not None else None
+        if keys is not None or mails is not None:
+            wanted = sorted((keys or set()) | (mails or set()))
+            if not wanted:
+                return []
+            found: dict[int, OutboundWrite] = {}
+            for batch in chunked(wanted, IN_CHUNK):
+                with self._read() as conn:
+                    for row in conn.execute(
+                        stmt.where(or_(_OUTBOUND.c.obj.in_(batch), _OUTBOUND.c.email.in_(batch)))
+                    ):
+                        found[row.id] = OutboundWrite(**row._mapping)
+            return sorted(found.values(), key=lambda w: (w.written_at, w.id or 0))
+        with self._read() as conn:
+            return [
+                OutboundWrite(**row._mapping)
+                for row in conn.execute(stmt.order_by(_OUTBOUND.c.written_at, _OUTBOUND.c.id))
+            ]
 
     def is_echo(
         self,
@@ -193,6 +259,53 @@ class StateOps(StoreBase):
             with self._write() as conn:
                 conn.execute(stmt, batch)
         return len(rows)
+
+    def consent_last_states(self, emails: Iterable[str]) -> dict[str, LastState]:
+        """The decision function's remembered ``LastState`` per (lower-case) email; unknown emails
+        are absent (use ``LastState()``).
+
+        The stored JSON is overlaid with the fact columns, so facts merged in since the last decision
+        (:meth:`consent_upsert_many`, e.g. an unsubscribe webhook) are not lost. Stored fields this
+        version no longer knows are dropped.
+        """
+        known = set(LastState.model_fields)
+        result: dict[str, LastState] = {}
+        for email, row in self.consent_states(emails).items():
+            data = {k: v for k, v in (row.state or {}).items() if k in known}
+            for col in (*CONSENT_TIME_COLUMNS, *CONSENT_VALUE_COLUMNS):
+                data[col] = getattr(row, col)
+            result[email] = LastState.model_validate(data)
+        return result
+
+    def consent_save_last_states(self, states: Mapping[str, LastState]) -> int:
+        """Store decisions' results, replacing what was there (a ``None`` here does clear): the full
+        ``LastState`` as JSON plus its queryable facts. Returns the number of emails written."""
+        now = utcnow()
+        rows: dict[str, dict[str, Any]] = {}
+        for email, last in states.items():
+            if not email:
+                raise ValueError("a consent state needs an email")
+            key = normalize_email(email)
+            rows[key] = {
+                "email": key,
+                **{col: getattr(last, col) for col in CONSENT_TIME_COLUMNS},
+                "last_known_permission": (
+                    int(last.last_known_permission) if last.last_known_permission is not None else None
+                ),
+                "last_known_marketing_status": to_text(last.last_known_marketing_status),
+                "state": last.model_dump(mode="json"),
+                "updated_at": now,
+            }
+        ins = self._insert(_CONSENT)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["email"],
+            set_={c.name: ins.excluded[c.name] for c in _CONSENT.columns if c.name != "email"},
+        )
+        params = [rows[e] for e in sorted(rows)]
+        for batch in chunked(params, BULK_CHUNK):
+            with self._write() as conn:
+                conn.execute(stmt, batch)
+        return len(params)
 
     # ---------------------------------------------------------------------------- run summary
     def record_run(

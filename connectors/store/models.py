@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import BigInteger, Column, Index, String, Table, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from ._types import BigIntId, JSONType, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from pmsync.rules.echo import OutboundWrite as EchoWrite
 
 #: Bumped by every schema change; :mod:`connectors.store.schema` holds the migrations.
 SCHEMA_VERSION = 1
@@ -26,7 +29,16 @@ class Source(StrEnum):
     MAILEON = "maileon"
 
 
-System = Source  # the ledger's and outbound log's ``system`` take the same two values
+System = Source  # the outbound log's ``system`` takes the same two values
+
+
+class LedgerSystem(StrEnum):
+    """Where a consent fact was seen or made (the rules' vocabulary: intake forms, pmsync itself)."""
+
+    PIPEDRIVE = "pipedrive"
+    MAILEON = "maileon"
+    INTAKE = "intake"
+    PMSYNC = "pmsync"
 
 
 class LedgerField(StrEnum):
@@ -34,6 +46,7 @@ class LedgerField(StrEnum):
     MARKETING_STATUS = "marketing_status"
     PERMISSION = "permission"
     DOI = "doi"
+    CONSENT = "consent"  # the rules' consent events (request / confirmation / opt_out)
 
 
 class CauseKind(StrEnum):
@@ -49,8 +62,9 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     REFUSED = "refused"
     PENDING_UPGRADE = "pending_upgrade"
-    PLANNED = "planned"  # dry run
+    PLANNED = "planned"  # dry run, or an action of a decision not yet applied
     OBSERVED = "observed"
+    IGNORED = "ignored"  # seen, but does not count (the rules say why in the detail)
 
 
 class OutboxKind(StrEnum):
@@ -103,7 +117,9 @@ class ConsentLedgerEntry(SQLModel, table=True):
     UPDATE and DELETE on this table.
 
     ``entry_key`` makes re-runs safe: appending an entry whose key exists is a no-op. When left empty
-    and ``cause_ref`` is set, the store derives it from (cause, email, system, field, old, new, outcome).
+    for an entry caused by an identified outside event (``cause_kind`` webhook/report/intake with a
+    ``cause_ref``), the store derives it from everything but ``at`` and ``flow_run_id``: processing
+    the same delivery twice records its facts once. Reconcile/sync/manual entries always append.
     """
 
     __tablename__ = "consent_ledger"
@@ -162,19 +178,44 @@ class OutboxEvent(SQLModel, table=True):
 
 # ------------------------------------------------------------------------------- outbound writes
 class OutboundWrite(SQLModel, table=True):
-    """A value pmsync wrote to a system; an inbound event carrying the same value soon after is an echo."""
+    """A value pmsync wrote to a system; an inbound event carrying the same value soon after is an echo.
+
+    ``obj`` is the lookup key: the object's id when known, else its (lower-case) email. ``object_type``
+    ("person", "contact", …) and ``email`` are kept for the rules' echo matcher (:meth:`as_rule`).
+    """
 
     __tablename__ = "outbound_write"
-    __table_args__ = (Index("ix_outbound_lookup", "system", "obj", "field", "written_at"),)
+    __table_args__ = (
+        Index("ix_outbound_lookup", "system", "obj", "field", "written_at"),
+        Index("ix_outbound_email", "email", "written_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigIntId, primary_key=True, autoincrement=True))
     system: str = Field(sa_column=Column(String(16), nullable=False))
+    object_type: str | None = Field(default=None, sa_column=Column(String(32)))
     obj: str = Field(sa_column=Column(String(320), nullable=False))
+    email: str | None = Field(default=None, sa_column=Column(String(320)))
     field: str = Field(sa_column=Column(String(100), nullable=False))
     value: str | None = Field(default=None, sa_column=Column(Text))
     written_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
     )
+
+    def as_rule(self) -> EchoWrite:
+        """This write as ``pmsync.rules.echo.OutboundWrite`` (what ``echo.is_echo`` compares against)."""
+        from pmsync.rules.echo import OutboundWrite as RuleWrite
+
+        email = self.email or (self.obj if "@" in self.obj else None)
+        object_id = None if "@" in self.obj else self.obj
+        return RuleWrite(
+            system=self.system,  # checked on write: pipedrive | maileon
+            object=self.object_type or "",
+            object_id=object_id,
+            email=email,
+            field=self.field,
+            value=self.value,
+            at=self.written_at,
+        )
 
 
 # ---------------------------------------------------------------------- watermarks and checkpoints
@@ -237,8 +278,10 @@ SNAPSHOT_COLUMNS: tuple[str, ...] = (
 class ConsentState(SQLModel, table=True):
     """Last known consent facts per email (lower-case), as the consent decision function needs them.
 
-    On upsert a ``None`` field means "no news": it never clears a stored value, and the ``*_at``
-    times only move forward (an old event processed late cannot hide a newer one).
+    ``state`` holds the decision function's whole ``LastState`` (JSON); the other columns are the
+    queryable facts. Two ways to write: :meth:`Store.consent_save_last_states` replaces everything
+    with a decision's result; :meth:`Store.consent_upsert_many` merges loose facts, where ``None``
+    means "no news" (never clears a value) and the ``*_at`` times only move forward.
     """
 
     __tablename__ = "consent_state"
@@ -249,6 +292,7 @@ class ConsentState(SQLModel, table=True):
     last_doi_confirmed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     last_known_permission: int | None = None
     last_known_marketing_status: str | None = Field(default=None, sa_column=Column(String(32)))
+    state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
