@@ -413,9 +413,17 @@ class HttpCore:
         safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         is_write = method not in ("GET", "HEAD", "OPTIONS")
         clean_path = strip_query(path)
-        request = self._client.build_request(
-            method, path, params=_clean_params(params), json=json, content=content, headers=headers
-        )
+        try:
+            request = self._client.build_request(
+                method, path, params=_clean_params(params), json=json, content=content, headers=headers
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise ConfigurationError(
+                f"{self.service}: invalid request URL ({redact(exc)}): check the configured base URL",
+                service=self.service,
+                method=method,
+                path=clean_path,
+            ) from None
         attempt = 0
         while True:
             self._refuse_while_blocked(method, clean_path)
@@ -424,14 +432,28 @@ class HttpCore:
                 response = self._client.send(request)
             except _FATAL_TRANSPORT_ERRORS as exc:
                 self.stats.record_transport_error(endpoint)
+                if isinstance(exc, httpx.UnsupportedProtocol):
+                    raise ConfigurationError(
+                        f"{self.service}: {redact(exc)}: check the configured base URL",
+                        service=self.service,
+                        method=method,
+                        path=clean_path,
+                    ) from None
                 raise ProtocolError(
                     f"{self.service}: cannot send request ({type(exc).__name__}: {redact(exc)})",
                     service=self.service,
                     method=method,
                     path=clean_path,
                 ) from None
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:
                 self.stats.record_transport_error(endpoint)
+                if not isinstance(exc, httpx.TransportError):  # e.g. a body we cannot decode
+                    raise ProtocolError(
+                        f"{self.service}: unreadable response ({type(exc).__name__}: {redact(exc)})",
+                        service=self.service,
+                        method=method,
+                        path=clean_path,
+                    ) from None
                 reached = not isinstance(exc, _NOT_SENT_ERRORS)
                 ambiguous = reached and is_write
                 what = f"{type(exc).__name__}: {redact(exc) or 'no detail'}"
@@ -466,6 +488,16 @@ class HttpCore:
             if self.header_limiter is not None:
                 self.header_limiter.observe(response.headers)
             self.log.debug("%s %s %s → %s", self.service, method, clean_path, status)
+            if 300 <= status < 400:
+                location = redact(response.headers.get("location", "?"))
+                raise ConfigurationError(
+                    f"{self.service}: unexpected redirect (HTTP {status} to {location}): check the configured "
+                    "base URL (scheme, host and path prefix)",
+                    service=self.service,
+                    method=method,
+                    path=clean_path,
+                    status=status,
+                )
             if status < 400 or status in ok_statuses:
                 return response
 

@@ -211,6 +211,21 @@ def test_after_a_block_the_client_cools_down_without_sending(clock: FakeClock) -
     assert c.get_person(7) is not None
 
 
+def test_a_redirect_points_at_a_wrong_base_url(clock: FakeClock) -> None:
+    rec = Recorder([httpx.Response(301, headers={"location": "https://acme.pipedrive.com/api/v2/persons/7"})])
+    with pytest.raises(ConfigurationError) as err:
+        client(rec, clock).get_person(7)
+    assert "base URL" in str(err.value) and err.value.status == 301
+
+
+def test_no_raw_httpx_error_escapes(clock: FakeClock) -> None:
+    rec = Recorder([httpx.DecodingError("bad gzip")])
+    with pytest.raises(ProtocolError):
+        client(rec, clock).get_person(7)
+    with pytest.raises(ConfigurationError):
+        PipedriveClient("ftp://pd.test", TOKEN).get_person(1)
+
+
 def test_html_instead_of_json_on_success_is_a_protocol_error(clock: FakeClock) -> None:
     rec = Recorder(
         [httpx.Response(200, text="<html>maintenance</html>", headers={"content-type": "text/html"})]

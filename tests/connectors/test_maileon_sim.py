@@ -300,3 +300,16 @@ def test_with_30_percent_faults_no_write_is_lost_or_duplicated(ml: MaileonClient
     keys = Counter(t["content"]["outbox_key"] for t in sim.transactions())
     assert len(keys) == 120 and set(keys.values()) == {1}
     assert ml.stats.retries > 0
+
+
+def test_the_token_bucket_keeps_the_client_under_a_rate_limit(maileon_sim: Any) -> None:
+    import time
+
+    maileon_sim.sim.configure(rate_limit_per_second=5)
+    with MaileonClient(maileon_sim.base_url, maileon_sim.secret, requests_per_second=4, burst=1) as client:
+        started = time.monotonic()
+        for _ in range(7):
+            client.ping()
+        elapsed = time.monotonic() - started
+        assert client.stats.by_status == {200: 7}  # never rate limited
+    assert elapsed >= 1.4
