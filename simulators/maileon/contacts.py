@@ -311,6 +311,15 @@ def routes(sim: MaileonSim) -> list[Route]:
             body = "<contacts>" + "".join(render(c, std_sel, custom_sel) for c in found) + "</contacts>"
         return xml_response(body)
 
+    async def contacts_by_email(request: Request) -> Response:
+        """``GET /contacts/emails/{email}``: every contact with that email (here: 0 or 1)."""
+        email = _path_email(request)
+        std_sel, custom_sel = _selection(request)
+        with store.lock:
+            c = store.get(email)
+            body = "<contacts>" + (render(c, std_sel, custom_sel) if c else "") + "</contacts>"
+        return xml_response(body)
+
     async def synchronize(request: Request) -> Response:
         return sync_contacts(sim, request, fields, await request.body())
 
@@ -425,6 +434,7 @@ def routes(sim: MaileonSim) -> list[Route]:
         Route("/1.0/contacts/email/{email}", api(get_contact), methods=["GET"]),
         Route("/1.0/contacts/email/{email}", api(update_contact), methods=["PUT"]),
         Route("/1.0/contacts/email/{email}", api(delete_contact), methods=["DELETE"]),
+        Route("/1.0/contacts/emails/{email}", api(contacts_by_email), methods=["GET"]),
         Route("/1.0/contacts/externalid/{external_id}", api(contacts_by_external_id), methods=["GET"]),
         Route("/1.0/contacts/fields/custom", api(list_custom_fields), methods=["GET"]),
         Route("/1.0/contacts/fields/custom/{name}/values", api(clear_custom_values), methods=["DELETE"]),
@@ -495,13 +505,16 @@ def sync_contacts(sim: MaileonSim, request: Request, fields: FieldValidator, bod
                     bad(ERR_DUPLICATE_EXTERNAL_ID, "external id is used by several contacts", "external_id")
                     continue
                 target = matches[0] if matches else None
-                if target is None:
-                    if email is None:
-                        bad(ERR_MISSING_EMAIL, "email is missing", "email")
-                        continue
-                    if email in store.by_email or email in seen_emails:
-                        bad(ERR_DUPLICATE_EMAIL, "email belongs to another contact", "email")
-                        continue
+                if target is None and email is None:
+                    bad(ERR_MISSING_EMAIL, "email is missing", "email")
+                    continue
+                if (
+                    email is not None
+                    and (target is None or email != target.email)
+                    and (email in store.by_email or email in seen_emails)
+                ):
+                    bad(ERR_DUPLICATE_EMAIL, "email belongs to another contact", "email")
+                    continue
             else:
                 if prefer_maileon_id and inp.id is not None and inp.id in store.contacts:
                     target = store.contacts[inp.id]

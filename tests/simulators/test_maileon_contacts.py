@@ -439,6 +439,12 @@ def test_contacts_count(api: Api) -> None:
     assert (count.tag, count.text) == ("count", "3")
 
 
+def test_contacts_by_email_lists_the_contact_or_nothing(api: Api) -> None:
+    api.create("a@example.com")
+    assert [c.findtext("email") for c in xml(api.get("/contacts/emails/A@example.com"))] == ["a@example.com"]
+    assert xml(api.get("/contacts/emails/b@example.com")).findall("contact") == []
+
+
 def test_contacts_by_external_id_lists_every_match(api: Api) -> None:
     api.create("a@example.com", contact_xml(external_id="X"))
     api.create("b@example.com", contact_xml(external_id="X"))

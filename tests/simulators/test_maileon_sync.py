@@ -222,6 +222,15 @@ def test_use_external_id_matches_by_external_id_and_reports_codes_1_and_4(api: A
     assert api.view("renamed@example.com")["external_id"] == "pd-1"
 
 
+def test_use_external_id_refuses_to_move_an_email_that_another_contact_has_code_5(api: Api) -> None:
+    api.create("a@example.com", contact_xml(external_id="pd-1"))
+    api.create("b@example.com")
+    r = sync(api, contacts(c("b@example.com", external_id="pd-1")), use_external_id="true", sync_mode=1)
+    assert r.status_code == 400
+    assert invalid(xml(r)) == [("b@example.com", "pd-1", "5", "email")]
+    assert api.view("a@example.com")["external_id"] == "pd-1"
+
+
 def test_prefer_maileon_id_matches_by_id(api: Api) -> None:
     api.create("a@example.com")
     cid = api.view("a@example.com")["id"]
@@ -230,6 +239,14 @@ def test_prefer_maileon_id_matches_by_id(api: Api) -> None:
     report = xml(sync(api, body, prefer_maileon_id="true", sync_mode=1))
     assert counts(report)["count_existing_contacts"] == 1
     assert api.view("a@example.com")["standard_fields"] == {"FIRSTNAME": "Z"}
+
+
+def test_too_long_field_without_a_documented_code_fails_the_whole_sync_with_400(api: Api) -> None:
+    r = sync(
+        api, contacts(c("a@example.com", standard={"COUNTRY": "x" * 256})), ignore_invalid_contacts="true"
+    )
+    assert r.status_code == 400
+    assert "COUNTRY" in r.text
 
 
 def test_unknown_standard_field_fails_the_whole_sync_with_400(api: Api) -> None:
