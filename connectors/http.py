@@ -475,7 +475,7 @@ class HttpCore:
                         outcome_unknown=False,  # only idempotent requests get here
                     ) from None
                 delay = self.retry.delay(attempt, self.rng, None)
-                self._log_retry(method, clean_path, what, attempt, delay)
+                self._log_retry(endpoint, what, attempt, delay)
                 self.stats.record_retry(endpoint)
                 self._pause(delay)
                 attempt += 1
@@ -487,7 +487,7 @@ class HttpCore:
             self.profile.observe(response, self.stats)
             if self.header_limiter is not None:
                 self.header_limiter.observe(response.headers)
-            self.log.debug("%s %s %s → %s", self.service, method, clean_path, status)
+            self.log.debug("%s %s → %s", self.service, endpoint, status)
             if 300 <= status < 400:
                 location = redact(response.headers.get("location", "?"))
                 raise ConfigurationError(
@@ -571,7 +571,7 @@ class HttpCore:
             if status == 429 and self.header_limiter is not None:
                 # the window is shared by every thread using this token: hold them all
                 self.header_limiter.block_for(delay)
-            self._log_retry(method, clean_path, f"HTTP {status}", attempt, delay)
+            self._log_retry(endpoint, f"HTTP {status}", attempt, delay)
             self.stats.record_retry(endpoint)
             self._pause(delay)
             attempt += 1
@@ -586,12 +586,12 @@ class HttpCore:
                 path=path,
             )
 
-    def _log_retry(self, method: str, path: str, what: str, attempt: int, delay: float) -> None:
+    def _log_retry(self, endpoint: str, what: str, attempt: int, delay: float) -> None:
+        # The endpoint template, not the concrete path: no email addresses in operational logs.
         self.log.warning(
-            "%s %s %s failed (%s); retry %d/%d in %.2f s",
+            "%s %s failed (%s); retry %d/%d in %.2f s",
             self.service,
-            method,
-            path,
+            endpoint,
             what,
             attempt + 1,
             self.retry.max_retries,
@@ -628,7 +628,10 @@ class HttpCore:
                 found = probe()
                 if found is not None:
                     self.log.info(
-                        "%s: %s was applied despite the error (%s); not resending", self.service, what, exc
+                        "%s: %s was applied despite the error (%s); not resending",
+                        self.service,
+                        what,
+                        exc.message,
                     )
                     return found
                 if attempt >= self.retry.max_retries:
@@ -638,7 +641,7 @@ class HttpCore:
                     "%s: %s was not applied (%s); resending (%d/%d) in %.2f s",
                     self.service,
                     what,
-                    exc,
+                    exc.message,
                     attempt + 1,
                     self.retry.max_retries,
                     delay,
