@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Faults(BaseModel):
@@ -89,15 +89,19 @@ class ControlMiddleware:
             self.state.log_request(method, path, fault)
             await self.fault_response(fault)(scope, receive, send)
             return
-        status_holder: dict[str, int] = {}
+        logged = False
 
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+        async def send_wrapper(message: Message) -> None:
+            nonlocal logged
+            if message["type"] == "http.response.start" and not logged:
+                # Logged before the response leaves, so /_sim/requests read right after sees it.
+                self.state.log_request(method, path, int(message["status"]))
+                logged = True
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
-        self.state.log_request(method, path, status_holder.get("status", 500))
+        if not logged:
+            self.state.log_request(method, path, 500)
 
 
 # --------------------------------------------------------------------------- webhooks
@@ -287,8 +291,11 @@ class SimServer:
 
     def __init__(self, app: ASGIApp, port: int = 0, host: str = "127.0.0.1") -> None:
         self.app = app
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: with protocol 0 asyncio does not set TCP_NODELAY on accepted
+        # connections, and every small response waits ~45 ms for Nagle's algorithm.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((host, port))
         self.host = host
         self.port: int = self._sock.getsockname()[1]
