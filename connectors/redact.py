@@ -5,7 +5,8 @@ Every message a connector logs or puts into an exception passes through :func:`r
 - the literal values of registered secrets (API token, API key, its Base64 form, webhook passwords),
 - ``x-api-token: …`` and ``Authorization: …`` header values,
 - ``api_token=…``, ``token=…``, ``password=…`` style query/form parameters,
-- ``"http_auth_password": "…"``, ``"custom_value": "…"``-style JSON members holding secrets.
+- ``"http_auth_password": "…"``, ``"custom_value": "…"``-style JSON members holding secrets,
+- passwords inside URLs (``postgresql://user:password@host/db``).
 
 Secrets are registered process-wide (a client registers its own on construction) so that a log
 record produced anywhere under ``pmsync.connectors`` – or by httpx itself – is scrubbed too.
@@ -64,6 +65,10 @@ _URLPARAM_RE = re.compile(
 )
 
 
+# Credentials inside URLs: scheme://user:password@host (database URLs, proxies).
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s:/@]+:)([^\s@/]+)(@)")
+
+
 def register_secret(value: str | None) -> None:
     """Remember a secret so that :func:`redact` masks it wherever it shows up.
 
@@ -94,6 +99,7 @@ def redact(text: object, extra_secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret in out:
             out = out.replace(secret, MASK)
+    out = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", out)
     out = _HEADER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)}{m.group(4) or ''}{MASK}", out)
     out = _PARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", out)
     out = _URLPARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(4)}", out)

@@ -47,6 +47,11 @@ def test_redact_masks_header_query_and_json_forms() -> None:
     assert "limit=5" in out and "email=a@b.c" in out
 
 
+def test_redact_masks_passwords_in_urls() -> None:
+    out = redact("connecting to postgresql+psycopg://pmsync:db-pass-123@db.local:5432/pmsync")
+    assert "db-pass-123" not in out and "postgresql+psycopg://pmsync:***@db.local:5432/pmsync" in out
+
+
 def test_redact_url_and_headers() -> None:
     assert "s3cret" not in redact_url("https://h/x?api_token=s3cret&a=1")
     assert redact_headers({"x-api-token": "abc", "Accept": "json"}) == {
