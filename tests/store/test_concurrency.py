@@ -176,7 +176,7 @@ def test_separate_processes_store_each_delivery_once_and_drain_disjointly(backen
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_process_worker, args=(backend.url, backend.schema, ids, out)) for _ in range(3)
+        ctx.Process(target=_process_worker, args=(backend.url, backend.schema, ids, out)) for _ in range(2)
     ]
     for p in procs:
         p.start()

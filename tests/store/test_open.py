@@ -25,13 +25,14 @@ def test_sqlite_url_creates_the_parent_directory_and_every_table(tmp_path: Path)
     assert {t.name for t in STORE_TABLES} <= names
 
 
-def test_sqlite_store_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+def test_sqlite_store_runs_in_wal_mode_with_a_busy_timeout_and_full_sync(tmp_path: Path) -> None:
     with (
         Store.from_url(f"sqlite:///{tmp_path}/s.db", busy_timeout_seconds=7) as store,
         store.engine.connect() as conn,
     ):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 7000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: a stored webhook is on disk
 
 
 def test_relative_sqlite_path_is_created_relative_to_the_working_directory(

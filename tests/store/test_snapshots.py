@@ -115,15 +115,12 @@ def test_snapshot_bulk_upsert_of_100k_rows_takes_seconds(
     assert store.snapshot_upsert_many(rows(n, status="unsubscribed")) == n  # every row an update
     update_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seen = sum(len(chunk) for chunk in store.snapshot_iter(chunk_size=20_000))
-    iter_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
     framed = sum(len(f) for f in store.snapshot_frames(chunk_size=50_000))
     frame_s = time.perf_counter() - t0
-    assert seen == framed == n
+    assert framed == n
     assert store.snapshot_get_many([n])[n].marketing_status == "unsubscribed"
     with capsys.disabled():
         print(
             f"\n[{store.dialect}] snapshots, {n:,} rows: insert {insert_s:.2f}s, upsert-update {update_s:.2f}s, "
-            f"iter {iter_s:.2f}s, DataFrame chunks {frame_s:.2f}s"
+            f"read back as DataFrame chunks {frame_s:.2f}s"
         )
