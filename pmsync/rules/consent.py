@@ -74,9 +74,11 @@ Documented choices
   intake consent=true), else the contact is unsubscribed again.
 - **Intake**: ``consent=true`` is a request (DOI started only with ``double_opt_in=true``);
   ``consent=false`` changes nothing (it is not an opt-out); ``unsubscribe=true`` is an opt-out.
-- **Echoes**: pmsync's own writes seen again are no news: values pmsync wrote are remembered per
-  person, Maileon unsubscriptions within :data:`MAILEON_ECHO_WINDOW` of pmsync's own unsubscribe are
-  recognised, and stale webhooks older than the last read are not evidence of a new opt-out.
+- **Echoes**: pmsync's own writes seen again are no news. Pipedrive: a webhook flagged
+  ``by_pmsync`` (change_source=api + pmsync's user), or repeating a value pmsync wrote to that person
+  within :data:`PIPEDRIVE_ECHO_WINDOW` (unless made in the app), is ignored. Maileon: every unsubscribe
+  pmsync sends yields exactly one unsubscription row; the first new row after the send (within
+  :data:`MAILEON_ECHO_WINDOW`) is taken as its echo, every other new row is a person's act.
   (``echo.is_echo`` drops most echoes before they get here.)
 """
 
@@ -104,6 +106,8 @@ from pmsync.rules.views import (
 
 #: A Maileon unsubscription dated this long after pmsync's own unsubscribe call is its echo.
 MAILEON_ECHO_WINDOW = timedelta(minutes=10)
+#: A Pipedrive webhook repeating pmsync's own write this long after it is its echo.
+PIPEDRIVE_ECHO_WINDOW = timedelta(minutes=10)
 _JUST_AFTER = timedelta(microseconds=1)
 
 MS = MarketingStatus
@@ -240,6 +244,10 @@ class PipedrivePersonChange(_Signal):
     person_id: int
     newsletter: Newsletter | None = None
     marketing_status: MarketingStatus | None = None
+    #: ``meta.change_source``: "app" (a person in the Pipedrive UI — never an echo) or "api".
+    change_source: str | None = None
+    #: ``change_source == "api"`` by pmsync's own user (see ``echo``): no evidence of anything.
+    by_pmsync: bool = False
 
 
 class MaileonDoiConfirmed(_Signal):
@@ -327,9 +335,10 @@ class Decision(_Frozen):
         new = self.last
         for action in self.actions[:applied]:
             if isinstance(action, UnsubscribeMaileon):
+                sends = (*state.maileon_unsubscribes_sent, max(new.maileon_unsubscribes_sent))
                 update: dict[str, object] = {
                     "maileon_opted_out": True,
-                    "maileon_unsubscribe_sent_at": new.maileon_unsubscribe_sent_at,
+                    "maileon_unsubscribes_sent": sends,
                     "last_known_permission": None,
                 }
                 if new.phase is Phase.OPTED_OUT:
@@ -351,10 +360,14 @@ class Decision(_Frozen):
                 persons = dict(state.persons)
                 for pid in action.person_ids:
                     known = persons.get(pid, KnownPerson())
+                    written_at = new.persons[pid].written_at if pid in new.persons else None
                     if isinstance(action, SetNewsletter):
-                        persons[pid] = known.model_copy(update={"newsletter": action.value})
+                        change: dict[str, object] = {"newsletter": action.value, "subscribe_at": None,
+                                                     "written_newsletter": action.value}
                     else:
-                        persons[pid] = known.model_copy(update={"marketing_status": action.expected[pid]})
+                        change = {"marketing_status": action.expected[pid],
+                                  "written_marketing_status": action.value}
+                    persons[pid] = known.model_copy(update=change | {"written_at": written_at})
                 state = state.model_copy(update={"persons": persons})
         return state
 
@@ -375,6 +388,9 @@ class _Event:
     what: str
     person_ids: tuple[int, ...] = ()
     wants_doi: bool = False
+    #: Requests: the latest the request can have been made (a confirmation after an opt-out
+    #: counts only if it is surely later than this).
+    upper: datetime | None = None
 
     def sort_key(self) -> tuple[float, int]:
         return ((self.at.timestamp() if self.at else float("-inf")), _RANK[self.kind])
@@ -392,6 +408,10 @@ class _Fold:
     doi_request_at: datetime | None = None
     entered_subscribed: bool = False
     intake_without_doi: bool = False
+    #: A new DOI request while one is pending voids it: only the new DOI's confirmation counts.
+    process_void: bool = False
+    #: While ``requested`` after an opt-out: the latest the request can have been made.
+    request_upper: datetime | None = None
     ignored: list[tuple[_Event, str]] = field(default_factory=list)
     counted: list[_Event] = field(default_factory=list)
 
@@ -476,18 +496,22 @@ def decide(
 
     # An opt-out that was passed must reach Maileon even when a newer request follows: the live
     # contact predates the opt-out, so the new request gets a fresh contact and a fresh DOI.
+    # A DOI cannot be restarted on a confirmed contact (Maileon keeps permission 4/5), so a
+    # confirmation that does not count is cleared before the new DOI.
     unsubscribe = ml.contact_exists and (
-        phase is Phase.OPTED_OUT or (optout_passed and phase in (Phase.REQUESTED, Phase.PENDING))
+        phase is Phase.OPTED_OUT
+        or (optout_passed and phase in (Phase.REQUESTED, Phase.PENDING))
+        or (start_doi and ml.confirmed)
     )
     maileon_opted_out = ml.unsubscribed or (last.maileon_opted_out and not ml.contact_exists)
     permission_after: Permission | None = ml.permission
-    unsubscribe_sent_at = last.maileon_unsubscribe_sent_at
+    _, unsubscribes_sent = _maileon_news(ml, signal, last, read_at)
     if unsubscribe:
         actions.append(UnsubscribeMaileon(email=email, key=f"unsubscribe:{email}:{_iso(fold.last_optout)}"))
         note("maileon", "permission", _s(ml.permission), "unsubscribed", "planned")
         maileon_opted_out = True
         permission_after = None
-        unsubscribe_sent_at = now
+        unsubscribes_sent.append(now)
     if start_doi:
         request_key = _iso(fold.doi_request_at) if fold.doi_request_at else f"seen-{_iso(read_at)}"
         actions.append(
@@ -527,14 +551,23 @@ def decide(
         Phase.SUBSCRIBED: Newsletter.SUBSCRIBED,
     }.get(phase)
     newsletter_after = {m.person_id: m.newsletter for m in members}
+    # persons whose Subscribe lost against a newer opt-out: the marker is consumed, not kept
+    overruled = {
+        pid for ev in events
+        if ev.kind == "request" and ev.system == "pipedrive" and fold.last_optout is not None
+        and not _after(ev.at, fold.last_optout)
+        for pid in ev.person_ids
+    }
     nl_ids: tuple[int, ...] = ()
     if target_nl is not None:
         nl_ids = tuple(m.person_id for m in members if m.newsletter is not target_nl)
-    elif phase is Phase.REQUESTED and fold.optout_in_batch:
-        # The opt-out outdates earlier claims; the newer request without DOI is no subscription.
+    elif phase is Phase.REQUESTED and (fold.optout_in_batch or overruled):
+        # The opt-out outdates earlier claims and overrules older Subscribe requests; the newer
+        # request without DOI is no subscription.
         target_nl = Newsletter.UNSUBSCRIBED
         nl_ids = tuple(m.person_id for m in members
-                       if m.newsletter in (Newsletter.SUBSCRIBED, Newsletter.PENDING_DOI))
+                       if m.newsletter in (Newsletter.SUBSCRIBED, Newsletter.PENDING_DOI)
+                       or m.person_id in overruled)
     else:
         unbacked = tuple(
             m.person_id for m in members
@@ -554,6 +587,8 @@ def decide(
 
     # -- Pipedrive: marketing_status (Campaigns) --------------------------------------------------------
     ms_after = {m.person_id: m.marketing_status for m in members}
+    ms_value: MarketingStatus | None = None
+    expected_ids: set[int] = set()
     refused = last.marketing_status_refused if phase is last.phase else None
     if pd.campaigns_enabled:
         target_ms: MarketingStatus | None = None
@@ -596,6 +631,7 @@ def decide(
         if expected and target_ms is not None:
             value = MS.SUBSCRIBED if target_ms is MS.SUBSCRIBED else MS.UNSUBSCRIBED
             actions.append(SetMarketingStatus(person_ids=tuple(expected), value=value, expected=expected))
+            ms_value, expected_ids = value, set(expected)
             for pid, exp in expected.items():
                 note("pipedrive", "marketing_status", _s(ms_after[pid]), exp.value, "planned", ids=(pid,))
                 ms_after[pid] = exp
@@ -612,6 +648,8 @@ def decide(
         actions.append(Skip(reason=Reason.IN_SYNC, detail=f"in sync ({phase.value})"))
 
     statuses = {ms_after[m.person_id] for m in members}
+    subscribe_at = {pid: ev.at for ev in events if ev.kind == "request" and ev.system == "pipedrive"
+                    for pid in ev.person_ids}
     new_last = LastState(
         phase=phase,
         phase_since=since,
@@ -619,14 +657,22 @@ def decide(
         last_unsubscribe_at=fold.last_optout,
         last_doi_confirmed_at=fold.last_confirm,
         doi_started_at=doi_started_at,
-        maileon_unsubscribe_sent_at=unsubscribe_sent_at,
+        maileon_unsubscribes_sent=tuple(unsubscribes_sent),
+        maileon_unsubscriptions_seen_until=_latest(last.maileon_unsubscriptions_seen_until,
+                                                   *_unsubscription_rows(ml, signal)),
         last_known_permission=permission_after,
         last_known_marketing_status=statuses.pop() if len(statuses) == 1 else None,
         maileon_opted_out=maileon_opted_out,
         marketing_status_refused=refused,
         persons={
-            m.person_id: KnownPerson(newsletter=newsletter_after[m.person_id],
-                                     marketing_status=ms_after[m.person_id])
+            m.person_id: _known_after(
+                last.persons.get(m.person_id), now,
+                newsletter=newsletter_after[m.person_id],
+                marketing_status=ms_after[m.person_id],
+                subscribe_at=subscribe_at.get(m.person_id),
+                wrote_newsletter=target_nl if m.person_id in nl_ids else None,
+                wrote_status=ms_value if m.person_id in expected_ids else None,
+            )
             for m in members
         },
         fields_hash=fields_hash,
@@ -651,8 +697,10 @@ def _observe(
     for m in pd.members:
         known = last.persons.get(m.person_id)
         sig = sig_pd if sig_pd is not None and sig_pd.person_id == m.person_id else None
-        # A webhook newer than our last read tells something we have not seen; an older one is
-        # already reflected in what we read then (or is an echo of our own write).
+        if sig is not None and (sig.by_pmsync or _pd_echo(sig, known)):
+            sig = None  # pmsync's own write coming back: no evidence of anything
+        # A webhook newer than our last read dates the value we see now; an older one tells of an
+        # earlier change (counted too, dated exactly; the fold decides whether it still matters).
         fresh = sig is not None and _after(sig.at, last.observed_at)
         # A value seen only as a state was set no later than the read and the person's update_time.
         state_at = min(read_at, m.update_time) if m.update_time is not None else read_at
@@ -664,52 +712,41 @@ def _observe(
             if known is not None and known.newsletter is not Newsletter.SUBSCRIBE and last.observed_at:
                 bounds.append(last.observed_at + _JUST_AFTER)  # changed after our last read
             elif known is not None and known.newsletter is Newsletter.SUBSCRIBE:
-                bounds.append(last.newsletter_request_at)  # the same request, still pending
+                bounds.append(known.subscribe_at)  # the same request, still pending
+            fresh_subscribe = sig is not None and sig.newsletter is Newsletter.SUBSCRIBE and fresh
             events.append(_Event("request", _latest(*bounds), "pipedrive",
                                  f"Newsletter=Subscribe on person {m.person_id}", (m.person_id,),
-                                 wants_doi=True))
+                                 wants_doi=True, upper=sig.at if sig is not None and fresh_subscribe else state_at))
 
-        nl_new = known is None or known.newsletter is not Newsletter.UNSUBSCRIBED
-        sig_nl_unsub = sig is not None and sig.newsletter is Newsletter.UNSUBSCRIBED and fresh
-        if m.newsletter is Newsletter.UNSUBSCRIBED and nl_new:
-            at = sig.at if sig is not None and sig_nl_unsub else state_at
+        nl_known = known is not None and known.newsletter is Newsletter.UNSUBSCRIBED
+        sig_nl_unsub = sig is not None and sig.newsletter is Newsletter.UNSUBSCRIBED
+        if m.newsletter is Newsletter.UNSUBSCRIBED and not nl_known:
+            at = sig.at if sig is not None and sig_nl_unsub and fresh else state_at
             events.append(_Event("opt_out", at, "pipedrive",
                                  f"Newsletter=Unsubscribed on person {m.person_id}", (m.person_id,)))
-        elif sig is not None and sig_nl_unsub and nl_new:
+        elif sig is not None and sig_nl_unsub and (not nl_known or fresh):
             events.append(_Event("opt_out", sig.at, "pipedrive",
                                  f"Newsletter=Unsubscribed on person {m.person_id} (webhook; changed since)",
                                  (m.person_id,)))
 
         if pd.campaigns_enabled:
-            ms_new = known is None or known.marketing_status is not MS.UNSUBSCRIBED
-            sig_ms_unsub = sig is not None and sig.marketing_status is MS.UNSUBSCRIBED and fresh
-            if m.marketing_status is MS.UNSUBSCRIBED and ms_new:
-                at = sig.at if sig is not None and sig_ms_unsub else state_at
+            ms_known = known is not None and known.marketing_status is MS.UNSUBSCRIBED
+            sig_ms_unsub = sig is not None and sig.marketing_status is MS.UNSUBSCRIBED
+            if m.marketing_status is MS.UNSUBSCRIBED and not ms_known:
+                at = sig.at if sig is not None and sig_ms_unsub and fresh else state_at
                 events.append(_Event("opt_out", at, "pipedrive",
                                      f"marketing_status=unsubscribed on person {m.person_id}", (m.person_id,)))
-            elif sig is not None and sig_ms_unsub and ms_new:
+            elif sig is not None and sig_ms_unsub and (not ms_known or fresh):
                 events.append(_Event("opt_out", sig.at, "pipedrive",
                                      f"marketing_status=unsubscribed on person {m.person_id} "
                                      "(webhook; changed since)", (m.person_id,)))
 
-    # Maileon opt-out
-    sig_unsub_at = signal.at if isinstance(signal, MaileonUnsubscribed) else None
-
-    def is_echo(t: datetime) -> bool:
-        sent = last.maileon_unsubscribe_sent_at
-        if sent is None or not (sent <= t <= sent + MAILEON_ECHO_WINDOW):
-            return False
-        restarted = last.doi_started_at is not None and last.doi_started_at > sent and t > last.doi_started_at
-        return not restarted
-
-    timed = [
-        t for t in (ml.last_unsubscribe_at, sig_unsub_at)
-        if t is not None and _after(t, last.last_unsubscribe_at) and not is_echo(t)
-    ]
-    if timed:
-        events.append(_Event("opt_out", max(timed), "maileon", "unsubscribed in Maileon"))
+    # Maileon opt-out: unsubscription rows newer than the watermark, less pmsync's own echoes.
+    news, _ = _maileon_news(ml, signal, last, read_at)
+    if news:
+        events.append(_Event("opt_out", max(news), "maileon", "unsubscribed in Maileon"))
     elif ml.unsubscribed and not last.maileon_opted_out:
-        # Newly unsubscribed, but no usable date: as late as possible.
+        # Newly unsubscribed, but no row to date it: as late as possible.
         events.append(_Event("opt_out", read_at, "maileon", "unsubscribed in Maileon (undated)"))
 
     # Maileon confirmation
@@ -735,13 +772,80 @@ def _observe(
             events.append(_Event("opt_out", signal.at, "intake", f"intake unsubscribe ({signal.cause})", ids))
         elif signal.consent:
             events.append(_Event("request", signal.at, "intake", f"intake consent ({signal.cause})", ids,
-                                 wants_doi=signal.double_opt_in))
+                                 wants_doi=signal.double_opt_in, upper=signal.at))
     return events
+
+
+def _maileon_news(
+    ml: MaileonView, signal: Signal | None, last: LastState, read_at: datetime
+) -> tuple[list[datetime], list[datetime]]:
+    """(unsubscription rows that are news, pmsync sends whose echo may still come).
+
+    Each unsubscribe pmsync sent produces one row at or after the send: the first such new row
+    within :data:`MAILEON_ECHO_WINDOW` is that send's echo; every other new row is a person's act.
+    """
+    news = [t for t in _unsubscription_rows(ml, signal) if _after(t, last.maileon_unsubscriptions_seen_until)]
+    waiting: list[datetime] = []
+    for sent in sorted(last.maileon_unsubscribes_sent):
+        echo = next((t for t in news if sent <= t <= sent + MAILEON_ECHO_WINDOW), None)
+        if echo is not None:
+            news.remove(echo)
+        elif sent + MAILEON_ECHO_WINDOW >= read_at:
+            waiting.append(sent)
+    return news, waiting
+
+
+def _unsubscription_rows(ml: MaileonView, signal: Signal | None) -> list[datetime]:
+    rows = set(ml.unsubscribe_times)
+    if ml.last_unsubscribe_at is not None:
+        rows.add(ml.last_unsubscribe_at)
+    if isinstance(signal, MaileonUnsubscribed):
+        rows.add(signal.at)
+    return sorted(rows)
+
+
+def _known_after(
+    before: KnownPerson | None,
+    now: datetime,
+    *,
+    newsletter: Newsletter | None,
+    marketing_status: MarketingStatus | None,
+    subscribe_at: datetime | None,
+    wrote_newsletter: Newsletter | None,
+    wrote_status: MarketingStatus | None,
+) -> KnownPerson:
+    before = before or KnownPerson()
+    wrote = wrote_newsletter is not None or wrote_status is not None
+    return KnownPerson(
+        newsletter=newsletter,
+        marketing_status=marketing_status,
+        subscribe_at=subscribe_at if newsletter is Newsletter.SUBSCRIBE else None,
+        written_newsletter=wrote_newsletter if wrote else before.written_newsletter,
+        written_marketing_status=wrote_status if wrote else before.written_marketing_status,
+        written_at=now if wrote else before.written_at,
+    )
+
+
+def _pd_echo(sig: PipedrivePersonChange, known: KnownPerson | None) -> bool:
+    """The webhook repeats what pmsync itself wrote to this person, shortly after writing it.
+
+    The fallback when the webhook does not say who made the change; a change made in the app is a
+    person's act and never an echo.
+    """
+    if sig.change_source == "app" or known is None or known.written_at is None:
+        return False
+    if not (known.written_at <= sig.at <= known.written_at + PIPEDRIVE_ECHO_WINDOW):
+        return False
+    same_newsletter = sig.newsletter is None or sig.newsletter is known.written_newsletter
+    same_status = sig.marketing_status is None or sig.marketing_status is known.written_marketing_status
+    return same_newsletter and same_status and (sig.newsletter or sig.marketing_status) is not None
 
 
 def _fold(last: LastState, events: Iterable[_Event]) -> _Fold:
     f = _Fold(phase=last.phase, since=last.phase_since, last_optout=last.last_unsubscribe_at,
               last_request=last.newsletter_request_at, last_confirm=last.last_doi_confirmed_at)
+    if last.phase is Phase.REQUESTED:
+        f.request_upper = _latest(last.phase_since, last.observed_at)
     for ev in sorted(events, key=_Event.sort_key):
         if ev.kind == "opt_out":
             f.last_optout = _latest(f.last_optout, ev.at)
@@ -760,12 +864,20 @@ def _fold(last: LastState, events: Iterable[_Event]) -> _Fold:
             f.intake_without_doi = False
             f.counted.append(ev)
         elif ev.kind == "request":
-            if f.phase is Phase.OPTED_OUT and not _after(ev.at, f.since):
+            if (f.phase is Phase.OPTED_OUT and not _after(ev.at, f.since)) or (
+                f.last_optout is not None and not _after(ev.at, f.last_optout)
+            ):
                 f.ignored.append((ev, "not newer than the latest opt-out"))
                 continue
             f.last_request = _latest(f.last_request, ev.at)
+            if f.phase is Phase.PENDING and ev.wants_doi and (
+                ev.at is None or last.doi_started_at is None or ev.at > last.doi_started_at
+            ):
+                f.process_void = True
             if f.phase in (Phase.NONE, Phase.OPTED_OUT):
-                f.phase, f.since = Phase.REQUESTED, ev.at
+                f.phase, f.since, f.request_upper = Phase.REQUESTED, ev.at, ev.upper
+            elif f.phase is Phase.REQUESTED and ev.upper is not None:
+                f.request_upper = min(f.request_upper or ev.upper, ev.upper)
             elif f.phase in (Phase.REQUESTED, Phase.PENDING) and ev.wants_doi:
                 f.since = _latest(f.since, ev.at)
             if ev.wants_doi:
@@ -781,6 +893,16 @@ def _fold(last: LastState, events: Iterable[_Event]) -> _Fold:
                 continue
             if f.last_optout is not None and not _after(ev.at, f.last_optout):
                 f.ignored.append((ev, "not newer than the latest opt-out"))
+                continue
+            if f.process_void:
+                f.ignored.append((ev, "confirms a DOI that a newer request replaced"))
+                continue
+            if f.phase is Phase.PENDING and last.doi_started_at is not None and not _after(ev.at, last.doi_started_at):
+                f.ignored.append((ev, "older than the DOI pmsync started"))
+                continue
+            if (f.phase is Phase.REQUESTED and f.last_optout is not None
+                    and not _after(ev.at, f.request_upper or f.since)):
+                f.ignored.append((ev, "not surely after the request that followed the opt-out"))
                 continue
             f.last_confirm = _latest(f.last_confirm, ev.at)
             if f.phase is not Phase.SUBSCRIBED:

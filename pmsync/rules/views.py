@@ -121,6 +121,10 @@ class MaileonView(_Model):
     doi_pending: bool = False
     last_doi_confirmed_at: AwareDatetime | None = None
     last_unsubscribe_at: AwareDatetime | None = None
+    #: Every unsubscription row known for the email (report since the watermark, webhooks). Lets
+    #: pmsync tell its own unsubscribe from a person's when both fall close together; optional
+    #: (``last_unsubscribe_at`` alone is used when empty).
+    unsubscribe_times: tuple[AwareDatetime, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> MaileonView:
@@ -142,6 +146,12 @@ class KnownPerson(_Model):
 
     newsletter: Newsletter | None = None
     marketing_status: MarketingStatus | None = None
+    #: While ``newsletter`` is ``Subscribe`` (a request pmsync could not act on yet): its date.
+    subscribe_at: AwareDatetime | None = None
+    #: pmsync's own latest writes to this person (to recognise their webhook echoes).
+    written_newsletter: Newsletter | None = None
+    written_marketing_status: MarketingStatus | None = None
+    written_at: AwareDatetime | None = None
 
 
 class LastState(_Model):
@@ -164,8 +174,11 @@ class LastState(_Model):
     last_doi_confirmed_at: AwareDatetime | None = None
     #: When pmsync last started a DOI (created the contact with doi=true).
     doi_started_at: AwareDatetime | None = None
-    #: When pmsync last sent an unsubscribe to Maileon (to recognise its echo).
-    maileon_unsubscribe_sent_at: AwareDatetime | None = None
+    #: When pmsync sent unsubscribes to Maileon whose unsubscription row it has not seen yet: each
+    #: send's echo is the first new row at or after it (within ``consent.MAILEON_ECHO_WINDOW``).
+    maileon_unsubscribes_sent: tuple[AwareDatetime, ...] = ()
+    #: Maileon unsubscription rows up to this time are accounted for (a person's or pmsync's echo).
+    maileon_unsubscriptions_seen_until: AwareDatetime | None = None
     last_known_permission: Permission | None = None
     #: The email's marketing_status as last seen or written (``None`` if members disagree / unknown).
     last_known_marketing_status: MarketingStatus | None = None

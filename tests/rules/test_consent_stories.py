@@ -212,7 +212,7 @@ def test_unsubscribe_in_maileon_reaches_every_person_sharing_the_email() -> None
 
 def test_unsubscription_webhook_for_an_anonymized_contact_is_enough_without_a_report_row() -> None:
     w = subscribed_world()
-    w.reports_times = False
+    w.unsubscriptions_dated = False
     w.contact_unsubscribes_in_maileon()
     w.tick()
     d = w.run_pmsync(MaileonUnsubscribed(at=w.now - timedelta(seconds=50), cause="unsub-webhook"))
@@ -390,7 +390,7 @@ def test_a_maileon_confirmation_with_no_opt_out_on_record_is_followed_by_pipedri
 
 def test_first_sight_opt_out_in_pipedrive_beats_a_maileon_confirmation_of_unknown_age() -> None:
     w = World(persons=[Person(101, newsletter=NL.UNSUBSCRIBED)])
-    w.reports_times = False
+    w.confirmations_dated = False
     w.external_signup_in_maileon(Permission.DOI)
     w.tick()
     d = w.run_pmsync()

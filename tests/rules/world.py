@@ -52,6 +52,11 @@ class Truth:
     #: For confirmations: when the DOI process being confirmed started (None: not started by anyone).
     process_start: datetime | None = None
     note: str = ""
+    #: A Pipedrive edit (opt-out) is observable once pmsync read it while it was the current value,
+    #: or got its webhook. One set and undone between two reads with its webhook lost was seen by
+    #: nobody; no rule can act on it (Pipedrive's changelog could, see the report).
+    observed: bool = True
+    edit: tuple[int, str, int] | None = None  # (person id, field, edit number)
 
 
 @dataclass
@@ -82,13 +87,24 @@ class World:
     maileon_unsubscribed: bool = False
     unsub_times: list[datetime] = field(default_factory=list)
     confirm_times: list[datetime] = field(default_factory=list)
-    reports_times: bool = True
+    #: Whether the Maileon view carries DOI confirmation times (the doi webhook / subscribers report).
+    confirmations_dated: bool = True
+    #: Whether it carries unsubscription times (the unsubscription report always has them; a view
+    #: without them only knows "anonymized", and loses history once a new contact exists).
+    unsubscriptions_dated: bool = True
+    #: Whether the view lists every unsubscription row (else only the latest time).
+    all_rows: bool = True
     last: LastState = field(default_factory=LastState)
     now: datetime = T0
     truth: list[Truth] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     #: Pipedrive and Maileon webhooks waiting for delivery (may be lost, duplicated, reordered).
     webhooks: list[Signal] = field(default_factory=list)
+    #: Whether Pipedrive webhooks of pmsync's own writes say so (change_source=api + pmsync's user).
+    echoes_flagged: bool = True
+    edits: int = 0
+    current_edit: dict[tuple[int, str], int] = field(default_factory=dict)
+    webhook_edit: dict[int, int] = field(default_factory=dict)
 
     # -- views ---------------------------------------------------------------------------------------
     def pd_view(self) -> PipedriveView:
@@ -110,15 +126,18 @@ class World:
         )
 
     def ml_view(self) -> MaileonView:
-        unsub_at = max(self.unsub_times) if self.unsub_times and self.reports_times else None
+        unsub_at = max(self.unsub_times) if self.unsub_times and self.unsubscriptions_dated else None
+        rows = tuple(self.unsub_times) if self.unsubscriptions_dated and self.all_rows else ()
         if self.contact is None:
-            return MaileonView(unsubscribed=self.maileon_unsubscribed, last_unsubscribe_at=unsub_at)
+            return MaileonView(unsubscribed=self.maileon_unsubscribed, last_unsubscribe_at=unsub_at,
+                               unsubscribe_times=rows)
         return MaileonView(
             contact_exists=True,
             permission=self.contact.permission,
             doi_pending=self.contact.doi_pending,
             last_unsubscribe_at=unsub_at,
-            last_doi_confirmed_at=self.contact.confirmed_at if self.reports_times else None,
+            unsubscribe_times=rows,
+            last_doi_confirmed_at=self.contact.confirmed_at if self.confirmations_dated else None,
         )
 
     @property
@@ -132,7 +151,17 @@ class World:
     def decide(self, signal: Signal | None = None) -> Decision:
         return decide(self.pd_view(), self.ml_view(), self.last, signal, now=self.now)
 
+    def _observe(self, signal: Signal | None) -> None:
+        delivered = self.webhook_edit.get(id(signal)) if signal is not None else None
+        for t in self.truth:
+            if t.observed or t.edit is None:
+                continue
+            pid, field_, number = t.edit
+            if self.current_edit.get((pid, field_)) == number or delivered == number:
+                t.observed = True
+
     def run_pmsync(self, signal: Signal | None = None, *, fail_after: int | None = None) -> Decision:
+        self._observe(signal)
         decision = self.decide(signal)
         self.decisions.append(decision)
         self.apply(decision, fail_after=fail_after)
@@ -170,7 +199,9 @@ class World:
                     assert p.is_primary
                     p.newsletter = action.value
                     p.update_time = at_pd
-                    self.webhooks.append(_pd_change(pid, at_pd, newsletter=action.value, cause="echo"))
+                    self.webhooks.append(_pd_change(pid, at_pd, newsletter=action.value, cause="echo",
+                                                    source="api", by_pmsync=self.echoes_flagged))
+                    self._edited(pid, "newsletter")
             elif isinstance(action, SetMarketingStatus):
                 observed = {}
                 for pid in action.person_ids:
@@ -179,7 +210,9 @@ class World:
                     p.ms = next_status(p.ms, action.value, cap_full=self.cap_full)
                     p.update_time = at_pd
                     observed[pid] = p.ms
-                    self.webhooks.append(_pd_change(pid, at_pd, marketing_status=p.ms, cause="echo"))
+                    self.webhooks.append(_pd_change(pid, at_pd, marketing_status=p.ms, cause="echo",
+                                                    source="api", by_pmsync=self.echoes_flagged))
+                    self._edited(pid, "marketing_status")
                 readback = record_marketing_status_readback(
                     last, email=self.email, requested=action.value, observed=observed, at=at_pd, cause="test"
                 )
@@ -190,23 +223,40 @@ class World:
     def tick(self, seconds: int = 60) -> None:
         self.now += timedelta(seconds=seconds)
 
+    def _edited(self, pid: int, field_: str) -> int:
+        self.edits += 1
+        self.current_edit[(pid, field_)] = self.edits
+        return self.edits
+
     def salesperson_sets_newsletter(self, pid: int, value: Newsletter | None) -> None:
         p = self.person(pid)
+        if p.newsletter is value:
+            return  # no change in Pipedrive: no update, no webhook
         p.newsletter = value
         p.update_time = self.now
+        number = self._edited(pid, "newsletter")
         if p.is_primary and value is Newsletter.SUBSCRIBE:
             self.truth.append(Truth("request", self.now, note=f"Subscribe on {pid}"))
         if p.is_primary and value is Newsletter.UNSUBSCRIBED:
-            self.truth.append(Truth("opt_out", self.now, note=f"Unsubscribed on {pid}"))
-        self.webhooks.append(_pd_change(pid, self.now, newsletter=value, cause="app"))
+            self.truth.append(Truth("opt_out", self.now, note=f"Unsubscribed on {pid}", observed=False,
+                                    edit=(pid, "newsletter", number)))
+        signal = _pd_change(pid, self.now, newsletter=value, cause="app", source="app")
+        self.webhook_edit[id(signal)] = number
+        self.webhooks.append(signal)
 
     def admin_sets_marketing_status(self, pid: int, value: MarketingStatus) -> None:
         p = self.person(pid)
+        if p.ms is value:
+            return
         p.ms = value
         p.update_time = self.now
+        number = self._edited(pid, "marketing_status")
         if p.is_primary and value is MarketingStatus.UNSUBSCRIBED:
-            self.truth.append(Truth("opt_out", self.now, note=f"marketing_status unsubscribed on {pid}"))
-        self.webhooks.append(_pd_change(pid, self.now, marketing_status=value, cause="app"))
+            self.truth.append(Truth("opt_out", self.now, note=f"marketing_status unsubscribed on {pid}",
+                                    observed=False, edit=(pid, "marketing_status", number)))
+        signal = _pd_change(pid, self.now, marketing_status=value, cause="app", source="app")
+        self.webhook_edit[id(signal)] = number
+        self.webhooks.append(signal)
 
     def contact_confirms_doi(self, permission: Permission = Permission.DOI) -> bool:
         c = self.contact
@@ -228,21 +278,25 @@ class World:
         self.webhooks.append(_maileon_unsub(self.now, "person"))
         return True
 
-    def contact_deleted_in_maileon(self) -> None:
+    def contact_deleted_in_maileon(self) -> bool:
+        """A live contact deleted (not unsubscribed); the unsubscription report keeps older rows."""
+        if self.contact is None:
+            return False
         self.contact = None
         self.maileon_unsubscribed = False
+        return True
 
     def external_signup_in_maileon(self, permission: Permission) -> bool:
         """Someone else (a Maileon form) creates the contact; permission 4 = they confirmed a DOI there."""
         if self.contact is not None:
             return False
         confirmed = permission in (Permission.DOI, Permission.DOI_PLUS)
-        self.contact = Contact(permission, doi_pending=False, process_start=self.now,
+        self.contact = Contact(permission, doi_pending=False, process_start=self.now,  # their own DOI
                                confirmed_at=self.now if confirmed else None)
         self.maileon_unsubscribed = False
         if confirmed:
             self.confirm_times.append(self.now)
-            self.truth.append(Truth("confirm", self.now, process_start=None, note="external"))
+            self.truth.append(Truth("confirm", self.now, process_start=self.now, note="external"))
         return True
 
     def intake(self, *, consent: bool, double_opt_in: bool, unsubscribe: bool) -> Decision:
@@ -256,7 +310,8 @@ class World:
 
     # -- ground truth ----------------------------------------------------------------------------------
     def latest(self, kind: TruthKind, before: datetime | None = None) -> datetime | None:
-        times = [t.at for t in self.truth if t.kind == kind and (before is None or t.at <= before)]
+        times = [t.at for t in self.truth
+                 if t.kind == kind and t.observed and (before is None or t.at <= before)]
         return max(times) if times else None
 
     def consent_is_valid(self, at: datetime) -> bool:
@@ -284,9 +339,10 @@ class World:
 
 
 def _pd_change(pid: int, at: datetime, *, newsletter: Newsletter | None = None,
-               marketing_status: MarketingStatus | None = None, cause: str) -> Signal:
+               marketing_status: MarketingStatus | None = None, cause: str, source: str,
+               by_pmsync: bool = False) -> Signal:
     return PipedrivePersonChange(at=at, cause=cause, person_id=pid, newsletter=newsletter,
-                                 marketing_status=marketing_status)
+                                 marketing_status=marketing_status, change_source=source, by_pmsync=by_pmsync)
 
 
 def _maileon_unsub(at: datetime, cause: str) -> Signal:
