@@ -90,9 +90,22 @@ class SimClock:
         return self._frozen is not None
 
 
+_DAYS: dict[int, str] = {}
+_TIMES_OF_DAY: list[str] = []
+
+
 def iso(ts: float | int) -> str:
-    """RFC 3339 at second precision: `2024-01-01T00:00:00Z` (the v2 API's format)."""
-    return "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}Z".format(*time.gmtime(int(ts))[:6])
+    """RFC 3339 at second precision: `2024-01-01T00:00:00Z` (the v2 API's format).
+
+    Listing renders two of these per row, so dates and times of day come from small caches.
+    """
+    day, second = divmod(int(ts), 86400)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = "{:04d}-{:02d}-{:02d}T".format(*time.gmtime(day * 86400)[:3])
+    if not _TIMES_OF_DAY:
+        _TIMES_OF_DAY.extend(f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(86400))
+    return date + _TIMES_OF_DAY[second]
 
 
 def iso_ms(ts: float) -> str:

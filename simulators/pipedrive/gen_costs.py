@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,13 +24,20 @@ def specs_dir() -> Path:
     return Path(os.environ.get("PMSYNC_SPECS_DIR", REPO.parent / "shared" / "specs"))
 
 
-def build_table(directory: Path | None = None) -> dict[tuple[str, str], int]:
-    """(METHOD, path as served) -> tokens, for every operation of both specs."""
+def build_table(
+    directory: Path | None = None, specs: dict[str, dict[str, Any]] | None = None
+) -> dict[tuple[str, str], int]:
+    """(METHOD, path as served) -> tokens, for every operation of both specs.
+
+    `specs` may hold already loaded specs by version ("v1", "v2") to skip reading the YAML again.
+    """
     directory = directory or specs_dir()
     table: dict[tuple[str, str], int] = {}
     for version, prefix in PREFIX.items():
-        with open(directory / f"pipedrive-openapi-{version}.yaml", encoding="utf-8") as fh:
-            spec = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        spec = (specs or {}).get(version)
+        if spec is None:
+            with open(directory / f"pipedrive-openapi-{version}.yaml", encoding="utf-8") as fh:
+                spec = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         for path, item in spec["paths"].items():
             for method in METHODS:
                 op = item.get(method)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pmsync.rules.status import COUNTS_TOWARDS_CAP, MarketingStatus, is_valid_email, normalize_email
+from pmsync.rules.status import COUNTS_TOWARDS_CAP, MarketingStatus, is_valid_email
 from simulators.pipedrive.config import v1_time
-from simulators.pipedrive.store import Deal, Email, Organization, Person, Store
+from simulators.pipedrive.store import Deal, Email, Organization, Person, Store, norm_key
 
 SEED_START = 1_672_531_200  # 2023-01-01T00:00:00Z
 SEED_END = 1_735_689_600  # 2025-01-01T00:00:00Z
@@ -247,15 +247,20 @@ def seed_company(
     }
     rand, randrange, choice = rng.random, rng.randrange, rng.choice
     label_ids = store.label_ids
+    names: dict[tuple[str, str], str] = {}
+    org_ids = list(range(n_orgs + 1))  # shared int objects instead of one per person
     for pid in range(1, persons + 1):
         first, last = choice(FIRST), choice(LAST)
         added = SEED_START + randrange(span)
-        p = Person(pid, f"{first} {last}", choice(owners), added)
+        full = names.get((first, last))
+        if full is None:
+            full = names[(first, last)] = f"{first} {last}"
+        p = Person(pid, full, choice(owners), added)
         p.first_name, p.last_name = first, last
         upd = added + int(rand() ** 3 * (SEED_END - added))
         p.update_time = upd
         if rand() < 0.7:
-            p.org_id = randrange(1, n_orgs + 1)
+            p.org_id = org_ids[randrange(1, n_orgs + 1)]
         local = f"{first}.{last}".lower().translate(ASCII)
         r = _FORCED_EMAIL_KIND.get(pid) or rand()
         emails: tuple[Email, ...]
@@ -303,7 +308,7 @@ def seed_company(
         p.custom = custom or None
         primary = p.primary_email
         if campaigns and primary and is_valid_email(primary):
-            norm = normalize_email(primary)
+            norm = norm_key(primary)
             if norm not in statuses:
                 s = rand()
                 if s < 0.35:

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pmsync.rules.status import WRITABLE, MarketingStatus, is_valid_email, next_status, normalize_email
+from pmsync.rules.status import WRITABLE, MarketingStatus, is_valid_email, next_status
 from simulators.pipedrive import views
 from simulators.pipedrive.config import SimClock, SimConfig, parse_rfc3339
 from simulators.pipedrive.fields import FieldRegistry
-from simulators.pipedrive.store import Deal, Email, Organization, Person, Store
+from simulators.pipedrive.store import Deal, Email, Organization, Person, Store, norm_key
 from simulators.pipedrive.webhooks import Event, WebhookHub
 
 ERROR_INFO = "Please check developers.pipedrive.com"
@@ -388,25 +388,30 @@ class Service:
         return status if self.config.campaigns_enabled else None
 
     def apply_status(
-        self, email: str | None, requested: MarketingStatus, *, force: bool = False
+        self, email: str | None, requested: MarketingStatus, *, force: bool = False, api: bool = True
     ) -> tuple[MarketingStatus, MarketingStatus] | None:
-        """Apply a requested status to an email; returns (old, new) if it changed, else None."""
+        """Apply a requested status to an email; returns (old, new) if it changed, else None.
+
+        The status table (`pmsync.rules.status.next_status`) and the subscriber cap apply unless
+        `force` (system changes such as `bounced`). The once-only rule concerns API writes: only
+        they are checked against, and recorded in, the changes already made for the email.
+        """
         if not email or not is_valid_email(email):
             return None  # no valid email: stays no_consent, nothing is stored
         cfg = self.config
         m = self.store.marketing
-        norm = normalize_email(email)
+        norm = norm_key(email)
         old = m.status.get(norm, MarketingStatus.NO_CONSENT)
         if force:
             new = requested
         else:
             cap_full = cfg.subscriber_cap is not None and m.subscribed >= cfg.subscriber_cap
             new = next_status(old, requested, has_valid_email=True, cap_full=cap_full)
-            if new != old and cfg.once_only_rule and (old, new) in m.changes_made.get(norm, ()):
+            if api and new != old and cfg.once_only_rule and (old, new) in m.changes_made.get(norm, ()):
                 new = old
         if new == old:
             return None
-        m.set(norm, new)
+        m.set(norm, new, record_change=api and not force)
         return old, new
 
     def _status_change(
@@ -426,7 +431,7 @@ class Service:
         before_v1 = (
             {s.id: self._person_v1(s) for s in sharers} if self.hub.wants("person", "change", "1.0") else {}
         )
-        changed = self.apply_status(email, requested, force=force)
+        changed = self.apply_status(email, requested, force=force, api=source == "api")
         if changed is None:
             return False
         now = self._now()

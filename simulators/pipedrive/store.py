@@ -28,6 +28,12 @@ ID_MASK = 0xFFFFFFFF
 Email = tuple[str, bool, str]
 
 
+def norm_key(value: str) -> str:
+    """`normalize_email`, returning `value` itself when it is already normal (one string, not two)."""
+    norm = normalize_email(value)
+    return value if norm == value else norm
+
+
 def primary_of(items: tuple[Email, ...]) -> str | None:
     """The primary value of an emails/phones tuple (the first one if none is flagged)."""
     for value, primary, _ in items:
@@ -36,11 +42,39 @@ def primary_of(items: tuple[Email, ...]) -> str | None:
     return items[0][0] if items else None
 
 
+_WORK = "work"
+
+
+def _pack(items: tuple[Email, ...]) -> str | tuple[Email, ...]:
+    """The common case, one primary item labelled "work", is stored as the bare string."""
+    if len(items) == 1 and items[0][1] and items[0][2] == _WORK:
+        return items[0][0]
+    return items
+
+
+def _unpack(stored: str | tuple[Email, ...]) -> tuple[Email, ...]:
+    return ((stored, True, _WORK),) if isinstance(stored, str) else stored
+
+
+def pack_custom(values: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """Custom values as a flat `(key, value, key, value, ...)` tuple: a third of a small dict's size."""
+    if not values:
+        return None
+    return tuple(x for kv in values.items() for x in kv)
+
+
+def unpack_custom(packed: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    if not packed:
+        return None
+    return dict(zip(packed[::2], packed[1::2], strict=True))
+
+
 class Person:
     __slots__ = (
+        "_custom",
+        "_emails",
+        "_phones",
         "add_time",
-        "custom",
-        "emails",
         "extra",
         "first_name",
         "id",
@@ -50,7 +84,6 @@ class Person:
         "name",
         "org_id",
         "owner_id",
-        "phones",
         "picture_id",
         "update_time",
         "visible_to",
@@ -65,18 +98,45 @@ class Person:
         self.org_id: int | None = None
         self.add_time = add_time
         self.update_time = add_time
-        self.emails: tuple[Email, ...] = ()
-        self.phones: tuple[Email, ...] = ()
+        self._emails: str | tuple[Email, ...] = ()
+        self._phones: str | tuple[Email, ...] = ()
         self.is_deleted = False
         self.visible_to = 3
         self.label_ids: tuple[int, ...] = ()
-        self.custom: dict[str, Any] | None = None
+        self._custom: tuple[Any, ...] | None = None
         self.picture_id: int | None = None
         self.extra: dict[str, Any] | None = None  # Contact Sync fields
 
     @property
+    def custom(self) -> dict[str, Any] | None:
+        """Custom field values by key (a fresh dict; assign to change)."""
+        return unpack_custom(self._custom)
+
+    @custom.setter
+    def custom(self, values: dict[str, Any] | None) -> None:
+        self._custom = pack_custom(values)
+
+    @property
+    def emails(self) -> tuple[Email, ...]:
+        """`(value, primary, label)` items."""
+        return _unpack(self._emails)
+
+    @emails.setter
+    def emails(self, items: tuple[Email, ...]) -> None:
+        self._emails = _pack(items)
+
+    @property
+    def phones(self) -> tuple[Email, ...]:
+        return _unpack(self._phones)
+
+    @phones.setter
+    def phones(self, items: tuple[Email, ...]) -> None:
+        self._phones = _pack(items)
+
+    @property
     def primary_email(self) -> str | None:
-        return primary_of(self.emails)
+        stored = self._emails
+        return stored if isinstance(stored, str) else primary_of(stored)
 
     def __repr__(self) -> str:
         return f"Person(id={self.id}, name={self.name!r}, emails={self.emails!r}, deleted={self.is_deleted})"
@@ -426,7 +486,7 @@ class Store:
 
     def index_emails(self, person: Person) -> None:
         for value, _, _ in person.emails:
-            norm = normalize_email(value)
+            norm = norm_key(value)
             hit = self.email_index.get(norm)
             if hit is None:
                 self.email_index[norm] = person.id

@@ -21,9 +21,34 @@ def _items(items: tuple[Email, ...]) -> list[dict[str, Any]]:
     return [{"value": v, "primary": p, "label": label} for v, p, label in items]
 
 
+_PLAIN_REST = frozenset(
+    {
+        "varchar",
+        "text",
+        "varchar_auto",
+        "phone",
+        "date",
+        "time",
+        "double",
+        "user",
+        "people",
+        "org",
+        "visible_to",
+    }
+)
+
+
 def _custom_rest(fields: list[FieldDef], custom: dict[str, Any] | None, labels: bool) -> dict[str, Any]:
-    values = custom or {}
-    return {f.key: f.rest(values.get(f.key), labels) for f in fields}
+    if not custom:
+        return dict.fromkeys([f.key for f in fields])
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = custom.get(f.key)
+        if value is None or (f.field_type in _PLAIN_REST) or (f.field_type == "enum" and not labels):
+            out[f.key] = value
+        else:
+            out[f.key] = f.rest(value, labels)
+    return out
 
 
 def _custom_webhook(fields: list[FieldDef], custom: dict[str, Any] | None) -> dict[str, Any]:
@@ -52,17 +77,15 @@ def person_rest(
         out["first_name"] = p.first_name
     if p.last_name:
         out["last_name"] = p.last_name
-    out.update(
-        owner_id=p.owner_id,
-        org_id=p.org_id,
-        add_time=iso(p.add_time),
-        update_time=iso(p.update_time),
-        emails=_items(p.emails),
-        phones=_items(p.phones),
-        is_deleted=p.is_deleted,
-        visible_to=p.visible_to,
-        label_ids=list(p.label_ids),
-    )
+    out["owner_id"] = p.owner_id
+    out["org_id"] = p.org_id
+    out["add_time"] = iso(p.add_time)
+    out["update_time"] = iso(p.update_time)
+    out["emails"] = [{"value": v, "primary": pr, "label": lab} for v, pr, lab in p.emails]
+    out["phones"] = [{"value": v, "primary": pr, "label": lab} for v, pr, lab in p.phones]
+    out["is_deleted"] = p.is_deleted
+    out["visible_to"] = p.visible_to
+    out["label_ids"] = list(p.label_ids)
     if p.picture_id is not None:
         out["picture_id"] = p.picture_id
     out["custom_fields"] = _custom_rest(fields, p.custom, labels)

@@ -109,6 +109,8 @@ class WebhookHub:
 
     def reset(self) -> None:
         with self.lock:
+            #: bumped on reset so that a delivery in flight across a reset schedules no retries
+            self.generation = getattr(self, "generation", 0) + 1
             self.hooks: dict[int, Hook] = {}
             self.lost: list[dict[str, Any]] = []
             self._next_id = 1
@@ -266,6 +268,8 @@ class WebhookHub:
         }
 
     def _on_attempt(self, hook_id: int) -> Callable[[Delivery, bool], None]:
+        generation = self.generation
+
         def record(delivery: Delivery, ok: bool) -> None:
             status = None
             with self.dispatcher.state.lock:
@@ -276,7 +280,8 @@ class WebhookHub:
             cfg = self._config()
             with self.lock:
                 hook = self.hooks.get(hook_id)
-                if hook is None:
+                if hook is None or generation != self.generation:
+                    delivery.retry_delays = ()  # webhook deleted (or simulator reset): no more retries
                     return
                 hook.last_delivery_time = self.clock.now()
                 hook.last_http_status = status
