@@ -20,10 +20,12 @@ flow_checkpoint    flow                                         resumable JSON s
 person_snapshot    person_id                                    last known state for reconcile diffs
 consent_state      email                                        input of the consent decision
 run_summary        run_id                                       flow runs for ``pmsync audit``
+named_lock         name                                         cross-process locks (SQLite only)
 schema_version     version                                      migrations
 =================  ===========================================  ======================================
 """
 
+from ._locks import LockTimeout
 from .engine import StoreError, normalize_url
 from .models import (
     SCHEMA_VERSION,
@@ -33,6 +35,7 @@ from .models import (
     FlowCheckpoint,
     InboxEvent,
     LedgerField,
+    LedgerSystem,
     OutboundWrite,
     OutboxEvent,
     OutboxKey,
@@ -56,6 +59,8 @@ __all__ = [
     "FlowCheckpoint",
     "InboxEvent",
     "LedgerField",
+    "LedgerSystem",
+    "LockTimeout",
     "OutboundWrite",
     "OutboxEvent",
     "OutboxKey",

@@ -26,7 +26,7 @@ _SNAPSHOT: Table = table_of(PersonSnapshot)
 _FRAME_DTYPES = {
     "person_id": "int64",
     "email": "string",
-    "newsletter": "boolean",
+    "newsletter": "string",
     "marketing_status": "string",
     "maileon_permission": "Int64",
     "fields_hash": "string",
@@ -57,7 +57,7 @@ def _row(item: SnapshotRow | Mapping[str, Any], now: Any) -> dict[str, Any]:
     return {
         "person_id": int(person_id),
         "email": normalize_email(email) if email else None,
-        "newsletter": None if newsletter is None else bool(newsletter),
+        "newsletter": None if newsletter is None else str(newsletter),
         "marketing_status": None if status is None else str(status),
         "maileon_permission": None if permission is None else int(permission),
         "fields_hash": fields_hash,

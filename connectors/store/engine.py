@@ -142,16 +142,35 @@ _SQLITE_LEDGER_GUARDS = [
     "CREATE TRIGGER IF NOT EXISTS consent_ledger_no_delete BEFORE DELETE ON consent_ledger "
     "BEGIN SELECT RAISE(ABORT, 'consent_ledger is append-only'); END",
 ]
-_PG_LEDGER_GUARDS = [
+_PG_LEDGER_FUNCTION = (
     "CREATE OR REPLACE FUNCTION pmsync_consent_ledger_append_only() RETURNS trigger "
-    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'consent_ledger is append-only'; END $$",
-    "DROP TRIGGER IF EXISTS consent_ledger_append_only ON consent_ledger",
-    "CREATE TRIGGER consent_ledger_append_only BEFORE UPDATE OR DELETE ON consent_ledger "
-    "FOR EACH ROW EXECUTE FUNCTION pmsync_consent_ledger_append_only()",
-    "DROP TRIGGER IF EXISTS consent_ledger_no_truncate ON consent_ledger",
-    "CREATE TRIGGER consent_ledger_no_truncate BEFORE TRUNCATE ON consent_ledger "
-    "FOR EACH STATEMENT EXECUTE FUNCTION pmsync_consent_ledger_append_only()",
-]
+    "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'consent_ledger is append-only'; END $$"
+)
+#: trigger name -> definition (created only when missing: no DDL, no table lock on a normal start)
+_PG_LEDGER_TRIGGERS = {
+    "consent_ledger_append_only": "CREATE TRIGGER consent_ledger_append_only BEFORE UPDATE OR DELETE "
+    "ON consent_ledger FOR EACH ROW EXECUTE FUNCTION pmsync_consent_ledger_append_only()",
+    "consent_ledger_no_truncate": "CREATE TRIGGER consent_ledger_no_truncate BEFORE TRUNCATE "
+    "ON consent_ledger FOR EACH STATEMENT EXECUTE FUNCTION pmsync_consent_ledger_append_only()",
+}
+
+
+def _guard_ledger(conn: Connection) -> None:
+    """Make the database itself refuse UPDATE/DELETE (and on PostgreSQL TRUNCATE) of the ledger."""
+    if conn.dialect.name != "postgresql":
+        for statement in _SQLITE_LEDGER_GUARDS:
+            conn.exec_driver_sql(statement)
+        return
+    present = set(
+        conn.execute(
+            text("SELECT tgname FROM pg_trigger WHERE tgrelid = CAST('consent_ledger' AS regclass)")
+        ).scalars()
+    )
+    missing = [sql for name, sql in _PG_LEDGER_TRIGGERS.items() if name not in present]
+    if missing:
+        conn.exec_driver_sql(_PG_LEDGER_FUNCTION)
+        for statement in missing:
+            conn.exec_driver_sql(statement)
 
 
 def init_schema(engine: Engine, *, schema: str | None = None) -> int:
@@ -184,10 +203,8 @@ def init_schema(engine: Engine, *, schema: str | None = None) -> int:
                 description, migrate = MIGRATIONS[current]
                 migrate(conn)
                 _record_version(conn, current, description)
-            guards = _PG_LEDGER_GUARDS if dialect == "postgresql" else _SQLITE_LEDGER_GUARDS
             assert ConsentLedgerEntry.__tablename__ == "consent_ledger"
-            for statement in guards:
-                conn.exec_driver_sql(statement)
+            _guard_ledger(conn)
     return current
 
 

@@ -243,7 +243,7 @@ class PersonSnapshot(SQLModel, table=True):
 
     person_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     email: str | None = Field(default=None, sa_column=Column(String(320), index=True))
-    newsletter: bool | None = None
+    newsletter: str | None = Field(default=None, sa_column=Column(String(32)))
     marketing_status: str | None = Field(default=None, sa_column=Column(String(32)))
     maileon_permission: int | None = None
     fields_hash: str | None = Field(default=None, sa_column=Column(String(64)))
@@ -256,7 +256,8 @@ class SnapshotRow:
 
     person_id: int
     email: str | None = None
-    newsletter: bool | None = None
+    #: The Newsletter option label (Subscribe, Pending DOI, Subscribed, Unsubscribed) or None.
+    newsletter: str | None = None
     marketing_status: str | None = None
     maileon_permission: int | None = None
     fields_hash: str | None = None
@@ -315,6 +316,18 @@ class RunSummary(SQLModel, table=True):
     counts: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
 
 
+# ---------------------------------------------------------------------------------- named locks
+class NamedLock(SQLModel, table=True):
+    """A lease-based named lock (SQLite; PostgreSQL uses advisory locks). Expires if its holder dies."""
+
+    __tablename__ = "named_lock"
+
+    name: str = Field(sa_column=Column(String(200), primary_key=True))
+    owner: str = Field(sa_column=Column(String(100), nullable=False))
+    acquired_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 # --------------------------------------------------------------------------------- schema version
 class SchemaVersion(SQLModel, table=True):
     __tablename__ = "schema_version"
@@ -342,5 +355,6 @@ STORE_TABLES: list[Table] = [
         PersonSnapshot,
         ConsentState,
         RunSummary,
+        NamedLock,
     )
 ]

@@ -9,6 +9,7 @@ from sqlalchemy.engine import URL
 
 from ._inbox import InboxOps
 from ._ledger import LedgerOps
+from ._locks import LockOps
 from ._outbox import OutboxOps
 from ._snapshots import SnapshotOps
 from ._state import StateOps
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from pmsync.settings import Settings
 
 
-class Store(InboxOps, LedgerOps, OutboxOps, StateOps, SnapshotOps):
+class Store(InboxOps, LedgerOps, OutboxOps, StateOps, SnapshotOps, LockOps):
     """pmsync's state store. Thread-safe; every operation is its own short transaction.
 
     Open it with :meth:`from_url` / :meth:`from_settings` (tables are created, the schema version is

@@ -18,7 +18,7 @@ def rows(n: int, start: int = 1, status: str = "subscribed") -> list[SnapshotRow
         SnapshotRow(
             person_id=i,
             email=f"P{i}@Example.com",
-            newsletter=i % 2 == 0,
+            newsletter="Subscribed" if i % 2 == 0 else "Unsubscribed",
             marketing_status=status,
             maileon_permission=(i % 5) + 1 if i % 3 else None,
             fields_hash=f"h{i}",
@@ -38,7 +38,7 @@ def test_snapshot_upsert_inserts_then_replaces_by_person_id(store: Store) -> Non
     )
     got = store.snapshot_get_many([1, 2, 3, 99])
     assert set(got) == {1, 2, 3}
-    assert got[1] == SnapshotRow(1, "p1@example.com", False, "subscribed", 2, "h1", T0)
+    assert got[1] == SnapshotRow(1, "p1@example.com", "Unsubscribed", "subscribed", 2, "h1", T0)
     two = got[2]
     assert (two.email, two.marketing_status, two.newsletter, two.maileon_permission) == (
         "new@example.com",
@@ -88,7 +88,7 @@ def test_snapshot_frames_come_in_chunks_with_nullable_dtypes(store: Store) -> No
     whole = pd.concat(frames, ignore_index=True)
     assert whole["person_id"].tolist() == list(range(1, 13))
     assert str(whole["person_id"].dtype) == "int64"
-    assert str(whole["newsletter"].dtype) == "boolean"
+    assert str(whole["newsletter"].dtype) == "string"
     assert str(whole["maileon_permission"].dtype) == "Int64"
     assert whole["maileon_permission"].isna().sum() == 4  # every third person has none
     assert str(whole["seen_at"].dtype).startswith("datetime64") and str(whole["seen_at"].dt.tz) == "UTC"
