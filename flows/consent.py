@@ -34,7 +34,7 @@ def _settle(story: str, candidates: Candidates, dry_run: bool) -> StoryReport:
     account = account_facts()
     summary = SettleSummary()
     for batch in batches(candidates):
-        summary.merge(settle_batch(account, batch, dry_run=dry_run))  # type: ignore[arg-type]
+        summary.merge(settle_batch(account, batch.emails, batch.person_ids, dry_run=dry_run))
     publish(story, summary, dry_run=dry_run, scanned=candidates.scanned)
     get_run_logger().info(
         "%s: %d scanned, %d emails decided, writes %s, refused %d, pending_upgrade %d, failed %d",
@@ -55,6 +55,7 @@ def _pipedrive_changes(watermark: str, want: str) -> tuple[Candidates, datetime]
         for email, signal in page.emails.items():
             if (email in page.subscribe) == (want == "subscribe"):
                 found.add(email, signal)
+                found.person_ids[email] = sorted(set(found.person_ids.get(email, [])) | set(page.person_ids[email]))
         cursor = page.next_cursor
         if not cursor:
             return found, until

@@ -6,6 +6,7 @@ Heavy imports happen inside the commands so `pmsync --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -76,10 +77,8 @@ def simulate(
         print("Control surface: GET /_sim/requests, POST /_sim/reset, POST /_sim/faults on both. Ctrl-C stops.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait(timeout=duration or None)
-        except KeyboardInterrupt:
-            pass
     pipedrive.close()
     maileon.close()
     print("Simulators stopped.")
@@ -216,8 +215,8 @@ def audit(email: str, /, *, json: bool = False) -> int:
         return 1
     print(f"{'when (UTC)':<20} {'system':<9} {'field':<16} {'old':>14} → {'new':<14} {'outcome':<15} cause")
     for r in rows:
-        print(f"{r.at:%Y-%m-%d %H:%M:%S} {r.system:<9} {r.field:<16} {str(r.old_value or '-'):>14} → "
-              f"{str(r.new_value or '-'):<14} {r.outcome:<15} {r.cause_kind}:{r.cause_ref or ''}")
+        print(f"{r.at:%Y-%m-%d %H:%M:%S} {r.system:<9} {r.field:<16} {r.old_value or '-'!s:>14} → "
+              f"{r.new_value or '-'!s:<14} {r.outcome:<15} {r.cause_kind}:{r.cause_ref or ''}")
     return 0
 
 

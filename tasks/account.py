@@ -102,14 +102,16 @@ def ensure_newsletter_field(rt: Runtime, fields: list[PersonField]) -> tuple[New
     return NewsletterField(key=field.key, field_id=field.id, option_ids=option_ids), created
 
 
-def detect_campaigns(rt: Runtime) -> bool:
+def detect_campaigns(rt: Runtime) -> bool | None:
+    """Whether the account has Campaigns; None when it cannot be told yet (no person to look at)."""
     mode = rt.settings.campaigns
     if mode != "auto":
         return mode == "on"
     # marketing_status is only returned where the company has the marketing app (SPEC-v2).
     for page in rt.pipedrive.iter_person_pages(limit=1, include_marketing_status=True):
-        return any(p.marketing_status is not None for p in page.items)
-    return False
+        if page.items:
+            return any(p.marketing_status is not None for p in page.items)
+    return None
 
 
 def load_account(rt: Runtime) -> Account:
@@ -123,17 +125,19 @@ def load_account(rt: Runtime) -> Account:
     defs = [d for d in (_as_field_def(f) for f in fields) if d is not None]
     configured = resolve_configured_fields(defs, rt.settings.person_custom_fields)
     owners = {u.id: Owner(name=u.name, email=u.email) for u in rt.pipedrive.list_users()}
+    campaigns = detect_campaigns(rt)
     account = Account(
         company_id=int(me.company_id or 0),
         api_user_id=me.id,
-        campaigns_enabled=detect_campaigns(rt),
+        campaigns_enabled=bool(campaigns),
         newsletter=newsletter,
         owners=owners,
         field_defs=defs,
         custom_field_names=[d.name for d in configured],
         newsletter_recreated=created,
     )
-    rt.cache["account"] = account
+    if campaigns is not None:  # an empty account is asked again next time
+        rt.cache["account"] = account
     return account
 
 

@@ -19,7 +19,8 @@ from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from connectors.errors import BudgetExhausted, ConnectorError
-from connectors.maileon_models import Contact, Permission as MaileonPermission, SyncMode
+from connectors.maileon_models import Contact, SyncMode
+from connectors.maileon_models import Permission as MaileonPermission
 from connectors.pipedrive_models import Person
 from connectors.store import SnapshotRow
 from pmsync.rules import consent as rules
@@ -62,6 +63,8 @@ class Candidates(BaseModel):
     emails: dict[str, MaileonSignal | None] = Field(default_factory=dict)
     #: Emails whose Newsletter asks for a subscription (story 1); the others are changes (story 4).
     subscribe: set[str] = Field(default_factory=set)
+    #: Persons seen carrying the email in this pass (the snapshot index may not have them yet).
+    person_ids: dict[str, list[int]] = Field(default_factory=dict)
     scanned: int = 0
     next_cursor: str | None = None
     next_page: int | None = None
@@ -78,6 +81,8 @@ class Candidates(BaseModel):
         for email, signal in other.emails.items():
             self.add(email, signal)
         self.subscribe |= other.subscribe
+        for email, ids in other.person_ids.items():
+            self.person_ids[email] = sorted(set(self.person_ids.get(email, [])) | set(ids))
 
 
 class SettleSummary(BaseModel):
@@ -161,6 +166,7 @@ def collect_person_page(account: Account, updated_since: datetime | None, cursor
             rows.append(row)
             continue
         out.add(email)
+        out.person_ids.setdefault(email, []).append(person.id)
         if wants:
             out.subscribe.add(email)
     rt.store.snapshot_upsert_many(rows)
@@ -230,10 +236,14 @@ def _as_utc(value: Any) -> datetime | None:
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
 def settle_batch(
-    account: Account, batch: dict[str, AnySignal | None], dry_run: bool = False, cause_kind: str = "sync"
+    account: Account,
+    batch: dict[str, AnySignal | None],
+    person_ids: dict[str, list[int]] | None = None,
+    dry_run: bool = False,
+    cause_kind: str = "sync",
 ) -> SettleSummary:
     """Decide and apply for one batch of emails (≤ settings.batch_size)."""
-    return Settler(get_runtime(), account, dry_run=dry_run, cause_kind=cause_kind).settle(batch)
+    return Settler(get_runtime(), account, dry_run=dry_run, cause_kind=cause_kind).settle(batch, person_ids)
 
 
 class Settler:
@@ -250,8 +260,9 @@ class Settler:
         index = self.rt.store.snapshot_by_email(emails)
         ids: set[int] = {row.person_id for rows in index.values() for row in rows}
         for email in emails:
-            if known is not None and email in known:
-                ids.update(known[email])
+            known_ids = (known or {}).get(email)
+            if known_ids:
+                ids.update(known_ids)
             elif not index.get(email) and is_valid_email(email):
                 ids.update(self.rt.pipedrive.find_person_ids_by_email(email))
         persons: list[Person] = []
@@ -319,14 +330,13 @@ class Settler:
         emails = list(batch)
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
-        states = self.rt.store.consent_states(emails)
-        new_states: list[dict[str, Any]] = []
+        lasts = self.rt.store.consent_last_states(emails)
+        new_states: dict[str, LastState] = {}
         for email in emails:
             self.summary.emails += 1
-            stored = states.get(email)
-            last = LastState.model_validate(stored.last_state) if stored is not None and stored.last_state else LastState()
             try:
-                next_last = self._settle_one(email, persons.get(email, []), orgs, batch.get(email), last)
+                next_last = self._settle_one(email, persons.get(email, []), orgs, batch.get(email),
+                                             lasts.get(email) or LastState())
             except BudgetExhausted:
                 raise
             except (ConnectorError, ValueError) as exc:
@@ -335,21 +345,15 @@ class Settler:
                 log.warning("consent: %s not settled this run: %s", mask(email), exc)
                 continue
             if next_last is not None:
-                new_states.append({"email": email, "last_state": next_last.model_dump(mode="json"),
-                                   "last_unsubscribe_at": next_last.last_unsubscribe_at,
-                                   "newsletter_request_at": next_last.newsletter_request_at,
-                                   "last_doi_confirmed_at": next_last.last_doi_confirmed_at,
-                                   "last_known_permission": next_last.last_known_permission,
-                                   "last_known_marketing_status": next_last.last_known_marketing_status})
+                new_states[email] = next_last
         if not self.dry_run:
             if new_states:
-                self.rt.store.consent_upsert_many(new_states)
-            self.rt.store.snapshot_upsert_many(self._snapshot_rows(persons, states_by_email=new_states))
+                self.rt.store.consent_save_last_states(new_states)
+            self.rt.store.snapshot_upsert_many(self._snapshot_rows(persons, new_states))
         return self.summary
 
-    def _snapshot_rows(self, persons: dict[str, list[Person]], states_by_email: list[dict[str, Any]]) -> list[SnapshotRow]:
+    def _snapshot_rows(self, persons: dict[str, list[Person]], lasts: dict[str, LastState]) -> list[SnapshotRow]:
         """Snapshot rows as they are after this batch's writes (so pmsync's own writes are no news)."""
-        lasts = {s["email"]: LastState.model_validate(s["last_state"]) for s in states_by_email}
         rows: dict[int, SnapshotRow] = {}
         for email, members in persons.items():
             last = lasts.get(email)
@@ -459,21 +463,10 @@ class Settler:
         return readback
 
     def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool) -> None:
-        if not entries or not applied:
-            return
-        rows = []
-        for e in entries:
-            system, field = e.system, e.field
-            outcome = {"observed": "observed", "ignored": "observed", "planned": "applied"}.get(e.event)
-            if e.event == "readback":
-                outcome = {"applied": "applied", "pending_upgrade": "pending_upgrade"}.get(e.note, "refused")
-            rows.append({
-                "at": e.at, "email": e.email, "person_ids": list(e.person_ids), "system": system, "field": field,
-                "old_value": e.old, "new_value": e.new, "cause_kind": self.cause_kind, "cause_ref": e.cause,
-                "flow_run_id": self.flow_run_id, "detail": {"event": e.event, "note": e.note, "source": e.system},
-                "outcome": outcome,
-            })
-        self.summary.ledger_rows += self.rt.store.ledger_append(rows)
+        if entries and applied:
+            self.summary.ledger_rows += self.rt.store.ledger_append(
+                entries, cause_kind=self.cause_kind, flow_run_id=self.flow_run_id
+            )
 
 
 def _contact(mapped: Any) -> Contact:

@@ -35,10 +35,17 @@ def advance_watermark(name: str, value: datetime) -> None:
     get_runtime().store.set_watermark(name, value)
 
 
-def batches(candidates: Candidates, size: int | None = None) -> list[dict[str, object]]:
+def batches(candidates: Candidates, size: int | None = None) -> list[Candidates]:
+    """The candidates cut into batches of `settings.batch_size` emails (one settle task each)."""
     size = size or get_runtime().settings.batch_size
     items = sorted(candidates.emails.items())
-    return [dict(items[i : i + size]) for i in range(0, len(items), size)]
+    return [
+        Candidates(
+            emails=dict(chunk),
+            person_ids={e: candidates.person_ids[e] for e, _ in chunk if e in candidates.person_ids},
+        )
+        for chunk in (items[i : i + size] for i in range(0, len(items), size))
+    ]
 
 
 def publish(story: str, summary: SettleSummary, *, dry_run: bool, scanned: int) -> None:

@@ -38,9 +38,10 @@ _LEDGER_FIELDS = (
 )
 
 
-#: Causes that name one outside event (a delivery, a report row, an intake submission): recording
-#: the same facts for the same event twice is one entry.
-_EVENT_CAUSES = frozenset({CauseKind.WEBHOOK.value, CauseKind.REPORT.value, CauseKind.INTAKE.value})
+#: Causes whose cause_ref names one outside event (a webhook delivery id, a report row id): recording
+#: the same facts for the same event twice is one entry. An intake's cause_ref names its *source*
+#: (the same form submitted twice is two facts), so intake entries always append, like reconcile.
+_EVENT_CAUSES = frozenset({CauseKind.WEBHOOK.value, CauseKind.REPORT.value})
 _READBACK_OUTCOMES = frozenset({Outcome.APPLIED.value, Outcome.REFUSED.value, Outcome.PENDING_UPGRADE.value})
 
 LedgerInput = ConsentLedgerEntry | RuleLedgerEntry | Mapping[str, Any]

@@ -117,9 +117,10 @@ class ConsentLedgerEntry(SQLModel, table=True):
     UPDATE and DELETE on this table.
 
     ``entry_key`` makes re-runs safe: appending an entry whose key exists is a no-op. When left empty
-    for an entry caused by an identified outside event (``cause_kind`` webhook/report/intake with a
-    ``cause_ref``), the store derives it from everything but ``at`` and ``flow_run_id``: processing
-    the same delivery twice records its facts once. Reconcile/sync/manual entries always append.
+    for an entry caused by an identified outside event (``cause_kind`` webhook/report with a
+    ``cause_ref`` naming the delivery / report row), the store derives it from everything but ``at``
+    and ``flow_run_id``: processing the same delivery twice records its facts once. Intake (whose
+    cause_ref names a source, not a submission), reconcile, sync and manual entries always append.
     """
 
     __tablename__ = "consent_ledger"
