@@ -75,6 +75,14 @@ def test_reconcile_entries_are_appended_every_run(store: Store) -> None:
     assert store.ledger_count(cause_kind="reconcile") == 2
 
 
+def test_the_same_form_submitted_twice_is_recorded_twice(store: Store) -> None:
+    entry = rule_entry(system="intake", cause="intake:website-footer", new="opt_out")
+    assert store.ledger_append([entry], cause_kind="intake") == 1
+    assert (
+        store.ledger_append([entry], cause_kind="intake") == 1
+    )  # cause_ref names the source, not the submission
+
+
 def test_a_rules_entry_without_a_cause_kind_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="cause_kind"):
         store.ledger_append([rule_entry()])
