@@ -24,25 +24,29 @@ How it decides
 
    - an opt-out ends any request, pending DOI or subscription that is not newer than it;
    - a request counts only if it is newer than the latest opt-out (``OPTED_OUT`` → ``REQUESTED``);
-   - a confirmation counts only if the phase is not ``OPTED_OUT`` and it is newer than the latest
-     opt-out, i.e. it follows a newer explicit request (or no opt-out was ever seen).
+   - a confirmation counts only if the phase is not ``OPTED_OUT``, it is newer than the latest
+     opt-out and — after an opt-out — surely later than the newer request (requests carry an upper
+     bound too); in ``pending`` it must be newer than the DOI pmsync started;
+   - a new Subscribe while a DOI is pending voids that DOI: only the new DOI's confirmation counts.
 
 3. **Act** so that both systems show the phase (order matters; apply in order, stop at the first
-   failure, store the returned ``last`` only when all succeeded):
+   failure; store ``decision.last`` when all succeeded, else ``decision.last_after_partial(n)``):
 
    ==================== ===========================================================================
    phase                actions
    ==================== ===========================================================================
    opted_out            ``UnsubscribeMaileon`` if a live contact exists; every member
                         ``Newsletter=Unsubscribed``; with Campaigns ``marketing_status=unsubscribed``
-   requested + DOI      (``UnsubscribeMaileon`` first if an opt-out was passed and a contact is
-   wanted               live), ``CreateMaileonContactWithDOI`` (permission 1, doi=true), every member
+                        (kept up: a later manual subscribed/archived is reverted)
+   requested + DOI      ``UnsubscribeMaileon`` first if a live contact predates a passed opt-out or
+   wanted               holds a confirmation that does not count; then
+                        ``CreateMaileonContactWithDOI`` (permission 1, doi=true) and every member
                         ``Newsletter=Pending DOI`` → phase ``pending``
    pending              every member ``Newsletter=Pending DOI``
    subscribed           every member ``Newsletter=Subscribed``; with Campaigns, on entering (and for
-                        new members) ``marketing_status=subscribed`` with read-back
+                        members that joined since) ``marketing_status=subscribed``, read back
    requested (no DOI)   nothing visible; recorded (intake ``consent=true, double_opt_in=false``)
-   none                 nothing
+   none                 nothing (claims Maileon does not back are recorded)
    ==================== ===========================================================================
 
    Field updates (``UpdateMaileonFields``) go to live contacts whose mapped data changed, never to an
@@ -72,6 +76,10 @@ Documented choices
 - **Maileon confirmations pmsync did not ask for** (no opt-out ever seen): count; Pipedrive follows
   (story 2). After an opt-out they count only after a newer explicit request (Newsletter=Subscribe or
   intake consent=true), else the contact is unsubscribed again.
+- **Subscribe while already subscribed** (live confirmed contact): no new DOI, Newsletter goes back to
+  ``Subscribed``. Known limit: an opt-out set *and undone* in Pipedrive between two reads whose
+  webhook was lost is seen by nobody; feeding Pipedrive's person changelog in as
+  :class:`PipedrivePersonChange` signals would close that gap.
 - **Intake**: ``consent=true`` is a request (DOI started only with ``double_opt_in=true``);
   ``consent=false`` changes nothing (it is not an opt-out); ``unsubscribe=true`` is an opt-out.
 - **Echoes**: pmsync's own writes seen again are no news. Pipedrive: a webhook flagged

@@ -540,3 +540,14 @@ def test_every_write_has_a_planned_ledger_entry() -> None:
 
 def test_write_kinds_are_exactly_the_actions_that_change_a_system() -> None:
     assert {"record_only", "skip"}.isdisjoint(WRITE_KINDS)
+
+
+def test_decisions_and_last_state_survive_a_json_round_trip_for_the_store() -> None:
+    from pmsync.rules.consent import Decision
+
+    w = subscribed_world(persons=[Person(101), Person(102)])
+    w.contact_unsubscribes_in_maileon()
+    w.tick()
+    d = w.run_pmsync()
+    assert Decision.model_validate_json(d.model_dump_json()) == d
+    assert LastState.model_validate_json(w.last.model_dump_json()) == w.last
