@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.simulators.test_pipedrive_support import fast_loopback  # noqa: F401
-
 NODE_DIR = Path(__file__).with_name("node")
 SCRIPT = NODE_DIR / "drive_sim.js"
 

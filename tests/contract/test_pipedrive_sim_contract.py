@@ -21,7 +21,7 @@ from tests.contract.openapi_spec import (
     validate_request,
     validate_response,
 )
-from tests.simulators.test_pipedrive_support import _TLS, fast_loopback, receiver  # noqa: F401
+from tests.simulators.test_pipedrive_support import _TLS, receiver  # noqa: F401
 
 pytestmark = pytest.mark.skipif(
     not specs_available(), reason="official Pipedrive specs not found (../shared/specs)"

@@ -8,7 +8,6 @@ from tests.simulators.test_pipedrive_support import (
     HEX40,
     client,
     create_person,
-    fast_loopback,  # noqa: F401
 )
 
 

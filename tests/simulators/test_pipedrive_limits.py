@@ -12,7 +12,6 @@ from tests.simulators.test_pipedrive_support import (
     configure,
     control,
     create_person,
-    fast_loopback,  # noqa: F401
 )
 
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",

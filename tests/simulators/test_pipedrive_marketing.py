@@ -13,7 +13,6 @@ from tests.simulators.test_pipedrive_support import (
     configure,
     control,
     create_person,
-    fast_loopback,  # noqa: F401
     set_email_status,
     status_of,
 )

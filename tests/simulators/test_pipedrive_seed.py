@@ -10,7 +10,7 @@ from pmsync.rules.status import is_valid_email, normalize_email
 from simulators.pipedrive import PipedriveSim
 from simulators.pipedrive.costs import TOKEN_COSTS
 from simulators.pipedrive.gen_costs import build_table, render, specs_dir
-from tests.simulators.test_pipedrive_support import client, fast_loopback  # noqa: F401
+from tests.simulators.test_pipedrive_support import client
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,6 @@ def test_listing_all_100k_persons_over_http_in_pages_of_500_is_quick(big):
 
     big.configure(burst_limit=10_000)
     server = SimServer(big.app)
-    server._sock.setsockopt(6, 1, 1)  # TCP_NODELAY, see fast_loopback
     with server:
         from types import SimpleNamespace
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 import ssl
 import threading
 import time
@@ -24,17 +23,6 @@ from simulators.common import SimServer
 _TLS = ssl.create_default_context()
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
-
-
-@pytest.fixture(autouse=True)
-def fast_loopback(_pipedrive_server: Any) -> None:
-    """Work around `SimServer` creating its listening socket with proto 0: asyncio then skips
-    TCP_NODELAY on accepted connections and every response waits ~40 ms for a delayed ACK.
-    Accepted sockets inherit the option from the listener on Linux. (Import this into a test module.)
-    """
-    sock = getattr(_pipedrive_server[1], "_sock", None)
-    if sock is not None and sock.fileno() != -1:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def client(handle: Any, token: str | None = None) -> httpx.Client:
@@ -93,7 +81,6 @@ class Receiver:
         self.delay = 0.0
         self._cv = threading.Condition()
         self.server = SimServer(Starlette(routes=[Route("/hook", self._hook, methods=["POST"])]))
-        self.server._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see fast_loopback
 
     async def _hook(self, request: Request) -> Response:
         body = await request.json() if await request.body() else None

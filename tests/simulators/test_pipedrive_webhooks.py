@@ -17,7 +17,6 @@ from tests.simulators.test_pipedrive_support import (
     configure,
     control,
     create_person,
-    fast_loopback,  # noqa: F401
     receiver,  # noqa: F401
     subscribe,
 )
