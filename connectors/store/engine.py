@@ -14,7 +14,9 @@ PostgreSQL (``postgresql://…`` or ``postgresql+psycopg://…``)
 
 from __future__ import annotations
 
+import os
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,8 +74,24 @@ def build_engine(
 ) -> Engine:
     """An engine configured for concurrent use by several threads and processes."""
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, busy_timeout_seconds=busy_timeout_seconds, echo=echo)
-    return _postgres_engine(url, schema=schema, echo=echo)
+        engine = _sqlite_engine(url, busy_timeout_seconds=busy_timeout_seconds, echo=echo)
+    else:
+        engine = _postgres_engine(url, schema=schema, echo=echo)
+    _forget_pool_after_fork(engine)
+    return engine
+
+
+def _forget_pool_after_fork(engine: Engine) -> None:
+    """A forked child (process pools, ``multiprocessing`` fork) must not reuse the parent's open
+    connections: it starts with an empty pool and leaves the parent's connections alone."""
+    ref = weakref.ref(engine)
+
+    def after_in_child() -> None:
+        child_engine = ref()
+        if child_engine is not None:
+            child_engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=after_in_child)
 
 
 def _sqlite_engine(url: URL, *, busy_timeout_seconds: float, echo: bool) -> Engine:

@@ -173,7 +173,7 @@ def _process_worker(url: str, schema: str | None, ids: list[str], out: multiproc
 def test_separate_processes_store_each_delivery_once_and_drain_disjointly(backend: Backend) -> None:
     backend.open()  # create the schema first, as the receiver's start-up would
     ids = [f"m{i}" for i in range(60)]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # separate OS processes, without re-importing everything
     out = ctx.Queue()
     procs = [
         ctx.Process(target=_process_worker, args=(backend.url, backend.schema, ids, out)) for _ in range(2)

@@ -129,3 +129,17 @@ def test_times_come_back_utc_aware_whatever_zone_they_went_in_with(backend: Back
     assert aware.received_at == datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     assert aware.received_at.tzinfo == UTC
     assert naive.received_at == datetime(2025, 6, 1, 13, 0, tzinfo=UTC)  # naive input is taken as UTC
+
+
+def test_a_forked_child_opens_its_own_connections(backend: Backend) -> None:
+    import multiprocessing
+
+    store = backend.open()
+    store.set_watermark("parent", "1")  # the pool now holds a connection
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=store.set_watermark, args=("child", "2"))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert store.get_watermark("child") == "2"
+    assert store.get_watermark("parent") == "1"  # the parent's connection still works
