@@ -7,12 +7,13 @@ any older request), then opt-outs made in Pipedrive, then DOI confirmations, the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from tasks.consent import (
+    AnySignal,
     Candidates,
     SettleSummary,
     collect_doi_confirmations,
@@ -21,6 +22,10 @@ from tasks.consent import (
     settle_batch,
 )
 from tasks.state import account_facts, advance_watermark, batches, publish, read_window
+
+
+#: How far back the unsubscription report is read on the very first run.
+FIRST_RUN_LOOKBACK = timedelta(days=30)
 
 
 class StoryReport(BaseModel):
@@ -34,7 +39,8 @@ def _settle(story: str, candidates: Candidates, dry_run: bool) -> StoryReport:
     account = account_facts()
     summary = SettleSummary()
     for batch in batches(candidates):
-        summary.merge(settle_batch(account, batch.emails, batch.person_ids, dry_run=dry_run))
+        signals: dict[str, AnySignal | None] = dict(batch.emails)
+        summary.merge(settle_batch(account, signals, batch.person_ids, dry_run=dry_run))
     publish(story, summary, dry_run=dry_run, scanned=candidates.scanned)
     get_run_logger().info(
         "%s: %d scanned, %d emails decided, writes %s, refused %d, pending_upgrade %d, failed %d",
@@ -65,7 +71,8 @@ def _pipedrive_changes(watermark: str, want: str) -> tuple[Candidates, datetime]
 def unsubscribes_to_pipedrive(dry_run: bool = False) -> StoryReport:
     """Story 3: every Maileon unsubscribe reaches every Pipedrive person sharing the email."""
     since, until = read_window("consent.unsubscribes")
-    candidates = collect_unsubscriptions(since, until)
+    # First run: look back one overlap window only; older history is the reconcile's job.
+    candidates = collect_unsubscriptions(since or until - FIRST_RUN_LOOKBACK, until)
     report = _settle("unsubscribes-to-pipedrive", candidates, dry_run)
     if not dry_run and report.summary.failed == 0:
         advance_watermark("consent.unsubscribes", until)

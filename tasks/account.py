@@ -34,7 +34,8 @@ class NewsletterField(BaseModel):
         if raw is None or raw == "":
             return None
         by_id = {v: k for k, v in self.option_ids.items()}
-        label = by_id.get(int(raw)) if str(raw).isdigit() else str(raw)
+        text = str(raw)
+        label = by_id.get(int(text)) if text.isdigit() else text
         return Newsletter.from_label(label)
 
 

@@ -156,7 +156,7 @@ def collect_person_page(account: Account, updated_since: datetime | None, cursor
     for person in page.items:
         email = primary_email(person)
         newsletter = _newsletter(account, person)
-        status = person.marketing_status.value if person.marketing_status is not None else None
+        status = str(person.marketing_status) if person.marketing_status is not None else None
         old = before.get(person.id)
         row = SnapshotRow(person_id=person.id, email=email, newsletter=newsletter, marketing_status=status)
         changed = old is None or old.newsletter != newsletter or old.marketing_status != status or old.email != email
@@ -363,7 +363,7 @@ class Settler:
                 known = last.persons.get(person.id) if last else None
                 newsletter = known.newsletter.value if known and known.newsletter else _newsletter(self.account, person)
                 status = (known.marketing_status.value if known and known.marketing_status
-                          else person.marketing_status.value if person.marketing_status is not None else None)
+                          else str(person.marketing_status) if person.marketing_status is not None else None)
                 rows[person.id] = SnapshotRow(person_id=person.id, email=email, newsletter=newsletter,
                                               marketing_status=status)
         return list(rows.values())
@@ -380,7 +380,7 @@ class Settler:
             views.append(PersonView(
                 person_id=person.id,
                 newsletter=self.account.newsletter.value_of(person.custom_fields.get(self.account.newsletter.key)),
-                marketing_status=MarketingStatus(person.marketing_status.value)
+                marketing_status=MarketingStatus(str(person.marketing_status))
                 if self.account.campaigns_enabled and person.marketing_status is not None else None,
                 is_primary=is_primary,
                 update_time=person.update_time,
@@ -452,7 +452,7 @@ class Settler:
             observed: dict[int, MarketingStatus | None] = {}
             for pid in action.person_ids:
                 value = pd.get_marketing_status(pid)
-                observed[pid] = MarketingStatus(value.value) if value is not None else None
+                observed[pid] = MarketingStatus(str(value)) if value is not None else None
                 writes.append({"system": "pipedrive", "obj": str(pid), "field": "marketing_status",
                                "value": action.value.value})
             readback = rules.record_marketing_status_readback(

@@ -62,3 +62,12 @@ def maileon_sim(_maileon_server: tuple[Any, SimServer]) -> SimHandle:
     sim, server = _maileon_server
     sim.reset()
     return SimHandle(sim=sim, base_url=server.base_url + "/1.0", secret=MAILEON_KEY)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run tests that need the Prefect test server last.
+
+    The server harness starts background threads and event loops in this process; a process forked
+    after that (the store's fork-safety tests do so) inherits them half-alive and dies.
+    """
+    items.sort(key=lambda item: "prefect_api" in getattr(item, "fixturenames", ()))
