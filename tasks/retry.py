@@ -19,6 +19,8 @@ def transient_only(task: Any, task_run: Any, state: Any) -> bool:
         return False
     except ConnectorError as exc:
         return bool(getattr(exc, "retryable", False))
+    except TimeoutError:  # the store's LockTimeout: another run holds the lock; it will be released
+        return True
     except Exception:
         return False
     return False
