@@ -10,6 +10,7 @@ with the rate-limit headers. Errors use Pipedrive's envelope
 from __future__ import annotations
 
 import base64
+import gc
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -352,16 +353,23 @@ class PipedriveSim:
 
     def seed(self, persons: int = 200, deals: int = 100, seed: int = 0) -> dict[str, Any]:
         """Replace all data with a deterministic, realistic account (see `seed.py`)."""
-        with self.store.lock:
-            return seed_company(
-                self.store,
-                persons=persons,
-                deals=deals,
-                seed=seed,
-                now=self.clock.now_s(),
-                campaigns=self.config.campaigns_enabled,
-                subscriber_cap=self.config.subscriber_cap,
-            )
+        # Millions of new objects would trigger full collections over and over: pause the collector.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with self.store.lock:
+                return seed_company(
+                    self.store,
+                    persons=persons,
+                    deals=deals,
+                    seed=seed,
+                    now=self.clock.now_s(),
+                    campaigns=self.config.campaigns_enabled,
+                    subscriber_cap=self.config.subscriber_cap,
+                )
+        finally:
+            if was_enabled:
+                gc.enable()
 
     def configure(self, **changes: Any) -> SimConfig:
         self.config = SimConfig.model_validate({**self.config.model_dump(), **changes})

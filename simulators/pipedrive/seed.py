@@ -245,67 +245,79 @@ def seed_company(
         "several_emails": None,
         "invalid_email": None,
     }
-    rand, randrange, choice = rng.random, rng.randrange, rng.choice
+    rand = rng.random
     label_ids = store.label_ids
-    names: dict[tuple[str, str], str] = {}
-    org_ids = list(range(n_orgs + 1))  # shared int objects instead of one per person
+    # Shared objects where values repeat: one name string per (first, last), one float per score...
+    names: dict[tuple[str, str], tuple[str, str]] = {}
+    org_ids = list(range(n_orgs + 1))
+    scores = [float(i) for i in range(100)]
+    budgets = [(i * 500, "EUR") for i in range(1, 100)]
+    interest_sets = [(a,) for a in interest_opts] + [
+        (a, b) for i, a in enumerate(interest_opts) for b in interest_opts[i + 1 :]
+    ]
+    n_first, n_last, n_dom, n_owners = len(FIRST), len(LAST), len(DOMAINS), len(owners)
+    k_type, k_interests, k_position, k_score, k_budget = (
+        f_type.key,
+        f_interests.key,
+        f_position.key,
+        f_score.key,
+        f_budget.key,
+    )
     for pid in range(1, persons + 1):
-        first, last = choice(FIRST), choice(LAST)
-        added = SEED_START + randrange(span)
-        full = names.get((first, last))
-        if full is None:
-            full = names[(first, last)] = f"{first} {last}"
-        p = Person(pid, full, choice(owners), added)
+        first, last = FIRST[int(rand() * n_first)], LAST[int(rand() * n_last)]
+        added = SEED_START + int(rand() * span)
+        named = names.get((first, last))
+        if named is None:
+            named = names[(first, last)] = (f"{first} {last}", f"{first}.{last}".lower().translate(ASCII))
+        full, local = named
+        p = Person(pid, full, owners[int(rand() * n_owners)], added)
         p.first_name, p.last_name = first, last
-        upd = added + int(rand() ** 3 * (SEED_END - added))
-        p.update_time = upd
+        p.update_time = added + int(rand() ** 3 * (SEED_END - added))
         if rand() < 0.7:
-            p.org_id = org_ids[randrange(1, n_orgs + 1)]
-        local = f"{first}.{last}".lower().translate(ASCII)
+            p.org_id = org_ids[1 + int(rand() * n_orgs)]
         r = _FORCED_EMAIL_KIND.get(pid) or rand()
-        emails: tuple[Email, ...]
+        domain = DOMAINS[int(rand() * n_dom)]
         if r < 0.05:
-            emails = ()
             examples["no_email"] = examples["no_email"] or pid
         elif r < 0.07 and rows:
-            other = rows[randrange(len(rows))]
-            shared = other.primary_email
-            emails = ((shared, True, WORK),) if shared else ((f"{local}{pid}@{choice(DOMAINS)}", True, WORK),)
+            shared = rows[int(rand() * len(rows))].primary_email
+            p._emails = shared or f"{local}{pid}@{domain}"
             if shared and is_valid_email(shared):
                 examples["shared_email"] = examples["shared_email"] or shared
         elif r < 0.09:
-            emails = ((choice(("n/a", "unknown", f"{local}@", "none")), True, WORK),)
+            p._emails = ("n/a", "unknown", f"{local}@", "none")[int(rand() * 4)]
             examples["invalid_email"] = examples["invalid_email"] or pid
         elif r < 0.12:
-            extra = f"{local}{pid}@{choice(DOMAINS)}"
-            main = f"{local[:1]}.{last.lower().translate(ASCII)}{pid}@{choice(DOMAINS)}"
-            emails = (
+            extra = f"{local}{pid}@{domain}"
+            main = f"{local[:1]}.{local.partition('.')[2]}{pid}@{DOMAINS[int(rand() * n_dom)]}"
+            emails: tuple[Email, ...] = (
                 ((extra, False, HOME), (main, True, WORK))
                 if rand() < 0.5
                 else ((main, True, WORK), (extra, False, HOME))
             )
             if rand() < 0.3:
-                emails = (*emails, (f"{local}.{pid}@{choice(DOMAINS)}", False, OTHER))
+                emails = (*emails, (f"{local}.{pid}@{domain}", False, OTHER))
+            p.emails = emails
             examples["several_emails"] = examples["several_emails"] or pid
         else:
-            emails = ((f"{local}{pid}@{choice(DOMAINS)}", True, WORK),)
-        p.emails = emails
+            p._emails = f"{local}{pid}@{domain}"
         if rand() < 0.6:
-            p.phones = ((f"+49 30 {randrange(1_000_000, 9_999_999)}", True, WORK),)
+            p._phones = f"+49 30 {1_000_000 + int(rand() * 8_999_999)}"
         if rand() < 0.1:
-            p.label_ids = (choice(label_ids),)
-        custom: dict[str, Any] = {}
+            p.label_ids = (label_ids[int(rand() * len(label_ids))],)
+        custom: list[Any] = []
         if rand() < 0.4:
-            custom[f_type.key] = choice(type_opts)
+            custom += (k_type, type_opts[int(rand() * len(type_opts))])
         if rand() < 0.2:
-            custom[f_interests.key] = tuple(sorted(rng.sample(interest_opts, randrange(1, 3))))
+            custom += (k_interests, interest_sets[int(rand() * len(interest_sets))])
         if rand() < 0.3:
-            custom[f_position.key] = choice(positions)
+            custom += (k_position, positions[int(rand() * len(positions))])
         if rand() < 0.25:
-            custom[f_score.key] = float(randrange(0, 100))
+            custom += (k_score, scores[int(rand() * 100)])
         if rand() < 0.05:
-            custom[f_budget.key] = (randrange(1, 100) * 500, "EUR")
-        p.custom = custom or None
+            custom += (k_budget, budgets[int(rand() * len(budgets))])
+        if custom:
+            p._custom = tuple(custom)
         primary = p.primary_email
         if campaigns and primary and is_valid_email(primary):
             norm = norm_key(primary)
@@ -332,6 +344,7 @@ def seed_company(
     store.marketing.load(statuses)
 
     # deals
+    randrange, choice = rng.randrange, rng.choice
     deal_rows: list[Deal] = []
     for did in range(1, deals + 1):
         person = rows[randrange(len(rows))] if rows and rand() < 0.85 else None

@@ -74,7 +74,7 @@ class Person:
         "_custom",
         "_emails",
         "_phones",
-        "add_time",
+        "_times",
         "extra",
         "first_name",
         "id",
@@ -84,8 +84,6 @@ class Person:
         "name",
         "org_id",
         "owner_id",
-        "picture_id",
-        "update_time",
         "visible_to",
     )
 
@@ -96,16 +94,34 @@ class Person:
         self.last_name: str | None = None
         self.owner_id = owner_id
         self.org_id: int | None = None
-        self.add_time = add_time
-        self.update_time = add_time
+        self._times = (add_time << 32) | add_time  # add_time and update_time in one int
         self._emails: str | tuple[Email, ...] = ()
         self._phones: str | tuple[Email, ...] = ()
         self.is_deleted = False
         self.visible_to = 3
         self.label_ids: tuple[int, ...] = ()
         self._custom: tuple[Any, ...] | None = None
-        self.picture_id: int | None = None
-        self.extra: dict[str, Any] | None = None  # Contact Sync fields
+        self.extra: dict[str, Any] | None = None  # rarely set: Contact Sync fields, picture_id
+
+    @property
+    def add_time(self) -> int:
+        return self._times >> 32
+
+    @add_time.setter
+    def add_time(self, value: int) -> None:
+        self._times = (value << 32) | (self._times & ID_MASK)
+
+    @property
+    def update_time(self) -> int:
+        return self._times & ID_MASK
+
+    @update_time.setter
+    def update_time(self, value: int) -> None:
+        self._times = (self._times & ~ID_MASK) | value
+
+    @property
+    def picture_id(self) -> int | None:
+        return self.extra.get("picture_id") if self.extra else None
 
     @property
     def custom(self) -> dict[str, Any] | None:
@@ -266,8 +282,17 @@ class OrderedIndex:
         if i < len(keys) and keys[i] == key:
             del keys[i]
 
-    def load(self, keys: Iterable[int]) -> None:
-        self.keys = array("q", sorted(keys))
+    def load(self, keys: Iterable[int], count: int = -1) -> None:
+        """Replace all keys; sorts in int64 arrays (numpy when present) without a list of Python ints."""
+        raw = array("q", keys)
+        try:
+            import numpy as np
+        except ImportError:  # pragma: no cover - numpy comes with pandas, a project dependency
+            self.keys = array("q", sorted(raw))
+            return
+        ordered = np.frombuffer(raw, dtype=np.int64).copy()
+        ordered.sort(kind="stable")
+        self.keys = array("q", ordered.tobytes())
 
     def __len__(self) -> int:
         return len(self.keys)

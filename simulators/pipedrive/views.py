@@ -90,7 +90,7 @@ def person_rest(
         out["picture_id"] = p.picture_id
     out["custom_fields"] = _custom_rest(fields, p.custom, labels)
     if contact_sync and p.extra:
-        out.update(p.extra)
+        out.update({k: v for k, v in p.extra.items() if k != "picture_id"})
     if marketing:
         out["marketing_status"] = store.status_of(p).value
     return out
