@@ -16,6 +16,7 @@ Choices where Pipedrive is silent (see the package docstring):
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pmsync.rules.status import WRITABLE, MarketingStatus, is_valid_email, next_status
@@ -149,7 +150,13 @@ def want_time(value: Any, name: str, *, nullable: bool = False) -> int | None:
     try:
         return parse_rfc3339(text)
     except ValueError:
-        raise bad_request(f"Validation failed: {name}: '{text}' is not an RFC 3339 date-time") from None
+        pass
+    try:  # body times are also documented as `YYYY-MM-DD HH:MM:SS` (UTC), e.g. a deal's archive_time
+        return int(datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        raise bad_request(
+            f"Validation failed: {name}: '{text}' is neither RFC 3339 nor YYYY-MM-DD HH:MM:SS"
+        ) from None
 
 
 def want_ids(value: Any, name: str) -> tuple[int, ...]:
