@@ -77,9 +77,12 @@ Documented choices
   (story 2). After an opt-out they count only after a newer explicit request (Newsletter=Subscribe or
   intake consent=true), else the contact is unsubscribed again.
 - **Subscribe while already subscribed** (live confirmed contact): no new DOI, Newsletter goes back to
-  ``Subscribed``. Known limit: an opt-out set *and undone* in Pipedrive between two reads whose
-  webhook was lost is seen by nobody; feeding Pipedrive's person changelog in as
-  :class:`PipedrivePersonChange` signals would close that gap.
+  ``Subscribed``.
+- **Known limit of any state reader**: a Pipedrive opt-out that is set *and undone* between two reads
+  (Unsubscribed → Subscribe), or re-set to the value pmsync already knew (Unsubscribed → Subscribe →
+  Unsubscribed), with its webhook lost, leaves no trace in state. A changed ``update_time`` is not
+  taken as one (any edit, e.g. a phone number, would cancel requests of sharing persons). Feeding
+  Pipedrive's person changelog in as :class:`PipedrivePersonChange` signals would close the gap.
 - **Intake**: ``consent=true`` is a request (DOI started only with ``double_opt_in=true``);
   ``consent=false`` changes nothing (it is not an opt-out); ``unsubscribe=true`` is an opt-out.
 - **Echoes**: pmsync's own writes seen again are no news. Pipedrive: a webhook flagged

@@ -551,3 +551,21 @@ def test_decisions_and_last_state_survive_a_json_round_trip_for_the_store() -> N
     d = w.run_pmsync()
     assert Decision.model_validate_json(d.model_dump_json()) == d
     assert LastState.model_validate_json(w.last.model_dump_json()) == w.last
+
+
+def test_a_bulk_field_update_never_resubscribes_a_bounced_or_unsubscribed_address() -> None:
+    bounced = World(persons=[Person(101, ms=MS.BOUNCED)])
+    bounced.external_signup_in_maileon(Permission.NONE)
+    bounced.person(101).name = "Ada Byron"
+    d = bounced.run_pmsync()
+    assert kinds(d) == ["update_maileon_fields"]  # data only: no permission, no DOI
+    assert bounced.contact is not None and bounced.contact.permission is Permission.NONE
+
+    gone = subscribed_world()
+    gone.contact_unsubscribes_in_maileon()
+    gone.tick()
+    gone.run_pmsync()
+    gone.person(101).name = "Ada Byron"
+    gone.tick()
+    assert not any(isinstance(a, UpdateMaileonFields | CreateMaileonContactWithDOI)
+                   for a in gone.run_pmsync().actions)

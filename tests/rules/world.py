@@ -152,12 +152,21 @@ class World:
         return decide(self.pd_view(), self.ml_view(), self.last, signal, now=self.now)
 
     def _observe(self, signal: Signal | None) -> None:
+        """Mark the Pipedrive opt-outs a state reader or this webhook can see.
+
+        From state, an edit is visible when it is the current value and differs from what pmsync
+        knew at its previous read; one re-set to the same value in between (Unsubscribed → Subscribe
+        → Unsubscribed) looks exactly like no change.
+        """
         delivered = self.webhook_edit.get(id(signal)) if signal is not None else None
         for t in self.truth:
             if t.observed or t.edit is None:
                 continue
             pid, field_, number = t.edit
-            if self.current_edit.get((pid, field_)) == number or delivered == number:
+            known = self.last.persons.get(pid)
+            known_value = None if known is None else getattr(known, field_)
+            same_as_known = known is not None and known_value in (Newsletter.UNSUBSCRIBED, MarketingStatus.UNSUBSCRIBED)
+            if (self.current_edit.get((pid, field_)) == number and not same_as_known) or delivered == number:
                 t.observed = True
 
     def run_pmsync(self, signal: Signal | None = None, *, fail_after: int | None = None) -> Decision:
