@@ -56,6 +56,22 @@ class Settings(BaseSettings):
     #: reports may land late.
     watermark_overlap_seconds: int = Field(default=300, ge=0, validation_alias="PMSYNC_WATERMARK_OVERLAP_SECONDS")
 
+    # Webhooks (receiver, registration, debounced runs)
+    #: Public base URL at which Pipedrive and Maileon reach the receiver (e.g. https://sync.example.com);
+    #: pmsync registers ``<url>/webhooks/pipedrive`` and ``<url>/webhooks/maileon/<event>``.
+    webhook_url: str | None = Field(default=None, validation_alias="PMSYNC_WEBHOOK_URL")
+    #: HTTP Basic credentials Pipedrive sends with every delivery (Pipedrive signs nothing).
+    webhook_user: str = Field(default="pmsync", validation_alias="PMSYNC_WEBHOOK_USER")
+    webhook_password: SecretStr = Field(default=SecretStr(""), validation_alias="PMSYNC_WEBHOOK_PASSWORD")
+    #: Shared secret Maileon appends to its callbacks as ``?token=`` (a constant URL parameter).
+    webhook_secret: SecretStr = Field(default=SecretStr(""), validation_alias="PMSYNC_WEBHOOK_SECRET")
+    receiver_host: str = Field(default="127.0.0.1", validation_alias="PMSYNC_RECEIVER_HOST")
+    receiver_port: int = Field(default=8100, ge=0, le=65535, validation_alias="PMSYNC_RECEIVER_PORT")
+    #: Larger webhook bodies are refused with 413 (a person or deal event is a few KB).
+    webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024, validation_alias="PMSYNC_WEBHOOK_MAX_BODY_BYTES")
+    #: Webhook-triggered runs start this long after the first event of a burst and drain the whole burst.
+    webhook_debounce_seconds: float = Field(default=5.0, ge=0, le=3600, validation_alias="PMSYNC_WEBHOOK_DEBOUNCE_SECONDS")
+
     @field_validator("person_custom_fields", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -74,6 +90,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_base(cls, value: str | None) -> str | None:
+        return value.strip().rstrip("/") or None if value else None
 
     @property
     def state_dir(self) -> Path:
