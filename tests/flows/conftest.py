@@ -34,7 +34,7 @@ def make_settings(pipedrive: SimHandle, maileon: SimHandle, db: Path, **extra: A
         "MAILEON_API_KEY": maileon.secret,
         "PMSYNC_DATABASE_URL": f"sqlite:///{db}",
         "PMSYNC_HTTP_BACKOFF_BASE_SECONDS": 0.01,
-        "PMSYNC_HTTP_BACKOFF_MAX_SECONDS": 0.2,
+        "PMSYNC_HTTP_BACKOFF_MAX_SECONDS": 3.0,
         "PMSYNC_HTTP_MAX_RETRIES": 8,
         "MAILEON_DOI_MAILING_KEY": "doi-mailing-1",
         **extra,
