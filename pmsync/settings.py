@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(default=256 * 1024, ge=1024, validation_alias="PMSYNC_WEBHOOK_MAX_BODY_BYTES")
     #: Webhook-triggered runs start this long after the first event of a burst and drain the whole burst.
     webhook_debounce_seconds: float = Field(default=5.0, ge=0, le=3600, validation_alias="PMSYNC_WEBHOOK_DEBOUNCE_SECONDS")
+
+    # Deal events (issue 4)
+    #: Deal events for persons Maileon does not know yet: "import" creates the contact at permission 1
+    #: (none: no mails) with the event; "skip" sends only to existing contacts (others are dead-lettered
+    #: with the reason "not in Maileon", re-drivable once the contact exists).
+    deal_events_unknown_persons: Literal["import", "skip"] = Field(
+        default="import", validation_alias="PMSYNC_DEAL_EVENTS_UNKNOWN_PERSONS"
+    )
+    #: Events per ``POST /transactions`` (each request also stays under Maileon's 9 MB).
+    deal_events_batch_size: int = Field(default=1000, ge=1, le=2000, validation_alias="PMSYNC_DEAL_EVENTS_BATCH_SIZE")
+    #: How long resolved person / organization names (and the person's email) are reused.
+    deal_names_cache_seconds: float = Field(default=300.0, ge=0, validation_alias="PMSYNC_DEAL_NAMES_CACHE_SECONDS")
+    #: An outbox event that failed this many sends is dead-lettered (`pmsync deadletters`, `pmsync redrive`).
+    outbox_dead_after_attempts: int = Field(default=5, ge=1, validation_alias="PMSYNC_OUTBOX_DEAD_AFTER_ATTEMPTS")
 
     @field_validator("person_custom_fields", mode="before")
     @classmethod
