@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from tasks.account import load_account, maileon_custom_field_types
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import get_runtime
+from tasks.webhooks import WebhookReport
 
 
 class SetupReport(BaseModel):
@@ -19,6 +20,8 @@ class SetupReport(BaseModel):
     newsletter_field_created: bool
     maileon_fields_created: list[str]
     maileon_fields_present: list[str]
+    #: Webhook registrations (when setup ran with a webhook URL).
+    webhooks: WebhookReport | None = None
 
 
 @task(retries=2, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
