@@ -54,7 +54,23 @@ class IntakeSignal(BaseModel):
     unsubscribe: bool = False
 
 
-AnySignal = MaileonSignal | IntakeSignal
+class PipedriveSignal(BaseModel):
+    """A Pipedrive person webhook (create/change): the consent values it says were set, and when.
+
+    ``newsletter`` / ``marketing_status`` are None when the webhook did not set that field.
+    """
+
+    kind: Literal["pipedrive_person_change"] = "pipedrive_person_change"
+    at: datetime
+    cause: str
+    person_id: int
+    newsletter: Newsletter | None = None
+    marketing_status: MarketingStatus | None = None
+    change_source: str | None = None
+    by_pmsync: bool = False
+
+
+AnySignal = MaileonSignal | IntakeSignal | PipedriveSignal
 
 
 class Candidates(BaseModel):
@@ -393,6 +409,11 @@ class Settler:
         if isinstance(signal, IntakeSignal):
             sig = rules.Intake(at=signal.at, cause=signal.cause, consent=signal.consent,
                                double_opt_in=signal.double_opt_in, unsubscribe=signal.unsubscribe)
+        elif isinstance(signal, PipedriveSignal):
+            sig = rules.PipedrivePersonChange(
+                at=signal.at, cause=signal.cause, person_id=signal.person_id, newsletter=signal.newsletter,
+                marketing_status=signal.marketing_status, change_source=signal.change_source,
+                by_pmsync=signal.by_pmsync)
         elif signal is not None:
             cls = rules.MaileonUnsubscribed if signal.kind == "unsubscribe" else rules.MaileonDoiConfirmed
             sig = cls(at=signal.at, cause=signal.cause)
