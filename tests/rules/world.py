@@ -104,7 +104,8 @@ class World:
     echoes_flagged: bool = True
     edits: int = 0
     current_edit: dict[tuple[int, str], int] = field(default_factory=dict)
-    webhook_edit: dict[int, int] = field(default_factory=dict)
+    webhook_edit: dict[int, int] = field(default_factory=dict)  # id(signal) -> edit number
+    _keep_alive: list[Signal] = field(default_factory=list)  # so that no id() is ever reused
 
     # -- views ---------------------------------------------------------------------------------------
     def pd_view(self) -> PipedriveView:
@@ -251,6 +252,7 @@ class World:
                                     edit=(pid, "newsletter", number)))
         signal = _pd_change(pid, self.now, newsletter=value, cause="app", source="app")
         self.webhook_edit[id(signal)] = number
+        self._keep_alive.append(signal)
         self.webhooks.append(signal)
 
     def admin_sets_marketing_status(self, pid: int, value: MarketingStatus) -> None:
@@ -265,6 +267,7 @@ class World:
                                     observed=False, edit=(pid, "marketing_status", number)))
         signal = _pd_change(pid, self.now, marketing_status=value, cause="app", source="app")
         self.webhook_edit[id(signal)] = number
+        self._keep_alive.append(signal)
         self.webhooks.append(signal)
 
     def contact_confirms_doi(self, permission: Permission = Permission.DOI) -> bool:
