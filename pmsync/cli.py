@@ -220,6 +220,14 @@ def audit(email: str, /, *, json: bool = False) -> int:
     return 0
 
 
+# Deal events (issue 4): backfill, dead letters, re-drive.
+from pmsync.commands import deals as _deals  # noqa: E402
+
+app.command(_deals.backfill_deals, name="backfill-deals")
+app.command(_deals.deadletters, name="deadletters")
+app.command(_deals.redrive, name="redrive")
+
+
 def main() -> None:
     app()
 
