@@ -7,6 +7,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.account import load_account, maileon_custom_field_types
+from tasks.deals import DealTypesReport, ensure_deal_event_types
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import get_runtime
 from tasks.webhooks import WebhookReport
@@ -22,6 +23,8 @@ class SetupReport(BaseModel):
     maileon_fields_present: list[str]
     #: Webhook registrations (when setup ran with a webhook URL).
     webhooks: WebhookReport | None = None
+    #: Maileon transaction types for deal events: created / extended / conflicts (left alone).
+    deal_event_types: DealTypesReport | None = None
 
 
 @task(retries=2, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
@@ -44,4 +47,5 @@ def prepare_accounts() -> SetupReport:
         newsletter_field_created=account.newsletter_recreated,
         maileon_fields_created=created,
         maileon_fields_present=sorted(existing),
+        deal_event_types=ensure_deal_event_types(),
     )
