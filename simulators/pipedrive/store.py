@@ -315,6 +315,9 @@ class Table(Generic[R]):
         self.by_update = OrderedIndex()
         self.by_add = OrderedIndex()
         self.next_id = 1
+        #: bumped on every index change; keys the cache of the last `updated_since` candidate list
+        self.version = 0
+        self._candidates: tuple[tuple[Any, ...], array[int]] | None = None
 
     def new_id(self) -> int:
         value = self.next_id
@@ -327,6 +330,7 @@ class Table(Generic[R]):
         self.by_update.add(time_key(row.update_time, row.id))
         self.by_add.add(time_key(row.add_time, row.id))
         self.next_id = max(self.next_id, row.id + 1)
+        self.version += 1
 
     def touch(self, row: R, update_time: int) -> None:
         """Set `update_time` and move the row in the update index."""
@@ -335,14 +339,17 @@ class Table(Generic[R]):
         self.by_update.remove(time_key(row.update_time, row.id))
         row.update_time = update_time
         self.by_update.add(time_key(update_time, row.id))
+        self.version += 1
 
     def set_add_time(self, row: R, add_time: int) -> None:
         self.by_add.remove(time_key(row.add_time, row.id))
         row.add_time = add_time
         self.by_add.add(time_key(add_time, row.id))
+        self.version += 1
 
     def bulk_load(self, rows: Iterable[R]) -> None:
         """Replace the content at once (seeding): indexes are built with one sort each."""
+        self.version += 1
         self.rows = {r.id: r for r in rows}
         values = self.rows.values()
         self.by_id.load(self.rows.keys())
@@ -381,7 +388,16 @@ class Table(Generic[R]):
             lo = bisect_left(upd, time_key(since, 0)) if since is not None else 0
             hi = bisect_left(upd, time_key(until, 0)) if until is not None else len(upd)
             if hi - lo <= _CANDIDATE_LIMIT:
-                keys = sorted(self.sort_key(rows[k & ID_MASK], sort) for k in upd[lo:hi])
+                # the rows in the time range, in `sort` order; cached so the next pages reuse it
+                cache_key = (sort, since, until, self.version)
+                if self._candidates is not None and self._candidates[0] == cache_key:
+                    keys = self._candidates[1]
+                else:
+                    if sort == "id":
+                        keys = array("q", sorted(k & ID_MASK for k in upd[lo:hi]))
+                    else:
+                        keys = array("q", sorted(self.sort_key(rows[k & ID_MASK], sort) for k in upd[lo:hi]))
+                    self._candidates = (cache_key, keys)
             else:
                 keys = (self.by_id if sort == "id" else self.by_add).keys
         else:
