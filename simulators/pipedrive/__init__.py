@@ -15,6 +15,28 @@ Module map:
 - `seed.py`     the base account and deterministic seeded data
 - `config.py`   `/_sim/config` settings, the movable clock, time formats
 
+`PipedriveSim(token="sim-pipedrive-token", webhook_time_scale=1.0, seed=0)`: `.app` (ASGI), `.state`
+(SimState: faults, request log), `.dispatcher` (WebhookDispatcher), `.reset()`, `.close()`,
+`.seed(persons, deals, seed=0)` (replaces all data; returns example ids), `.configure(**config)`,
+`.add_token(token, user_id)`, `.clock` (set/advance), white-box `.persons`/`.deals`/`.organizations`/
+`.users` (rows by id), `.person(id)`, `.marketing_status(email)`, `.set_email_status(email, status)`,
+`.ui_update_person(id, **fields)`, `.ui_create_person(**fields)`, `.wait_webhooks(timeout)`.
+
+Control surface (besides the common `/_sim/requests`, `/_sim/reset`, `/_sim/faults`, `/_sim/webhooks`):
+
+- `GET|POST /_sim/config` — `campaigns_enabled`, `subscriber_cap`, `burst_limit`, `search_burst_limit`,
+  `daily_budget`, `once_only_rule`, `abuse_threshold`, `abuse_block_seconds`, `webhook_ban_seconds`,
+  `webhook_ban_after`, `webhooks_per_user`, `deleted_persons_in_list`, `contact_sync_enabled` (partial)
+- `POST /_sim/seed` `{persons, deals, seed}`; `GET|POST /_sim/clock` `{now, frozen, advance, reset}`
+- `GET|POST /_sim/budget` `{used}` (daily token usage); `GET /_sim/webhooks/lost` (ban state, lost events)
+- `GET|POST /_sim/emails/status` `{email, marketing_status}` — system change of an email's status
+  (e.g. `bounced`), raising person change webhooks with change_source "app"
+- `GET /_sim/persons/{id}` — a person with its marketing_status whatever the config
+- `POST /_sim/ui/persons`, `POST|DELETE /_sim/ui/persons/{id}`, `POST /_sim/ui/deals`,
+  `POST|DELETE /_sim/ui/deals/{id}`, `POST|DELETE /_sim/ui/organizations/{id}` — a salesperson's edit
+  in the web app: no tokens, change_source "app", acting `user_id` (body; default the owner);
+  `force_marketing_status: true` sets any status as is
+
 Documented choices where Pipedrive's behaviour is unconfirmed:
 
 - Soft-deleted persons are hidden from `GET /api/v2/persons` (with or without `updated_since`) and
