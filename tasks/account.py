@@ -69,17 +69,25 @@ def _as_field_def(field: PersonField) -> FieldDef | None:
         return None
 
 
-def ensure_newsletter_field(rt: Runtime, fields: list[PersonField]) -> tuple[NewsletterField, bool]:
-    """Find the Newsletter enum field, creating it when missing. Returns (field, created)."""
+def ensure_newsletter_field(
+    rt: Runtime, fields: list[PersonField], *, first_setup: bool = False
+) -> tuple[NewsletterField, bool]:
+    """Find the Newsletter enum field, creating it when missing. Returns (field, created).
+
+    Outside `pmsync setup` a missing field means someone deleted it: that is said loudly.
+    """
     matches = [f for f in fields if f.name == NEWSLETTER_FIELD_NAME]
     created = False
-    if not matches:
+    if not matches and first_setup:
+        log.info("Creating the Pipedrive person field %r (%s)", NEWSLETTER_FIELD_NAME, ", ".join(NEWSLETTER_OPTIONS))
+    elif not matches:
         log.warning(
             "The Pipedrive person field %r is missing (deleted?); recreating it with options %s. "
             "Values it held are lost in Pipedrive; pmsync's ledger still has every consent change.",
             NEWSLETTER_FIELD_NAME,
             ", ".join(NEWSLETTER_OPTIONS),
         )
+    if not matches:
         matches = [rt.pipedrive.create_person_field(NEWSLETTER_FIELD_NAME, "enum", options=list(NEWSLETTER_OPTIONS))]
         created = True
     if len(matches) > 1:
@@ -115,14 +123,14 @@ def detect_campaigns(rt: Runtime) -> bool | None:
     return None
 
 
-def load_account(rt: Runtime) -> Account:
+def load_account(rt: Runtime, *, first_setup: bool = False) -> Account:
     """Read (and cache per runtime) the account facts; recreate the Newsletter field if missing."""
     cached = rt.cache.get("account")
     if isinstance(cached, Account):
         return cached
     me = rt.pipedrive.get_current_user()
     fields = rt.pipedrive.list_person_fields()
-    newsletter, created = ensure_newsletter_field(rt, fields)
+    newsletter, created = ensure_newsletter_field(rt, fields, first_setup=first_setup)
     defs = [d for d in (_as_field_def(f) for f in fields) if d is not None]
     configured = resolve_configured_fields(defs, rt.settings.person_custom_fields)
     owners = {u.id: Owner(name=u.name, email=u.email) for u in rt.pipedrive.list_users()}

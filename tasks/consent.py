@@ -484,10 +484,28 @@ class Settler:
         return readback
 
     def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool) -> None:
-        if entries and applied:
-            self.summary.ledger_rows += self.rt.store.ledger_append(
-                entries, cause_kind=self.cause_kind, flow_run_id=self.flow_run_id
-            )
+        """Append the decision's entries once all its writes succeeded (dry runs record nothing).
+
+        The rules' ``planned`` becomes ``applied`` here, because only applied decisions get this far;
+        a read-back row records what Pipedrive kept (``new``) with the outcome (applied, refused,
+        pending_upgrade) and the requested value in ``detail``.
+        """
+        if not entries or not applied:
+            return
+        rows = []
+        for e in entries:
+            outcome = {"planned": "applied", "observed": "observed", "ignored": "ignored"}.get(e.event, e.note)
+            cause = e.cause if e.cause != "reconcile" else (self.flow_run_id or "sync")
+            kind = "report" if cause.startswith("maileon-report:") else self.cause_kind
+            rows.append({
+                "at": e.at, "email": e.email, "person_ids": list(e.person_ids), "system": e.system,
+                "field": e.field, "old_value": None if e.event == "readback" else e.old, "new_value": e.new,
+                "cause_kind": kind, "cause_ref": cause[:255], "flow_run_id": self.flow_run_id,
+                "outcome": outcome if outcome in {"applied", "refused", "pending_upgrade", "observed", "ignored"}
+                else "refused",
+                "detail": {"event": e.event, "note": e.note, **({"requested": e.old} if e.event == "readback" else {})},
+            })
+        self.summary.ledger_rows += self.rt.store.ledger_append(rows)
 
 
 def _contact(mapped: Any) -> Contact:

@@ -32,7 +32,7 @@ def prepare_accounts() -> SetupReport:
     rt = get_runtime()
     rt.maileon.ping()  # raises ConfigurationError with the specific key problem
     rt.cache.pop("account", None)
-    account = load_account(rt)
+    account = load_account(rt, first_setup=True)
     existing = {f.name for f in rt.maileon.list_custom_fields()}
     created: list[str] = []
     for name, kind in maileon_custom_field_types(account).items():

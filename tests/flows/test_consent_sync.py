@@ -91,8 +91,11 @@ def test_subscribe_request_starts_a_doi_and_the_confirmation_and_unsubscribe_com
     assert "unsubscribe_maileon" not in actions(reports)  # Maileon's own unsubscribe is not echoed back
 
     history = runtime.store.ledger_for_email("ann@example.org")
-    assert {(r.system, r.new_value) for r in history} >= {("pipedrive", "Pending DOI"), ("pipedrive", "Subscribed"),
-                                                           ("pipedrive", "Unsubscribed")}
+    assert {(r.system, r.new_value, r.outcome) for r in history} >= {
+        ("pipedrive", "Pending DOI", "applied"), ("pipedrive", "Subscribed", "applied"),
+        ("pipedrive", "Unsubscribed", "applied"), ("pipedrive", "subscribed", "applied"),
+    }
+    assert {r.cause_kind for r in history if r.new_value == "Unsubscribed"} == {"report"}
     assert maileon_contact(maileon_sim, "ann@example.org") is None or int(
         maileon_contact(maileon_sim, "ann@example.org")["permission"]) < 2
 
