@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     #: reports may land late.
     watermark_overlap_seconds: int = Field(default=300, ge=0, validation_alias="PMSYNC_WATERMARK_OVERLAP_SECONDS")
 
+    # Reconciliation (issue 5)
+    #: Pipedrive tokens one reconcile may spend (0 = no cap). A full pass costs 10 tokens per 500
+    #: persons (20,000 for 1,000,000); at the cap the run checkpoints and the next one resumes.
+    token_budget_per_run: int = Field(default=50_000, ge=0, validation_alias="PMSYNC_TOKEN_BUDGET_PER_RUN")
+    #: Auto-repair only while planned changes / contacts stays below this; above, stop for review.
+    repair_threshold: float = Field(default=0.05, gt=0, le=1, validation_alias="PMSYNC_REPAIR_THRESHOLD")
+    #: A pmsync DOI still unconfirmed after this many days is reported (drift class doi_pending_too_long).
+    doi_pending_max_days: float = Field(default=14.0, ge=0, validation_alias="PMSYNC_DOI_PENDING_MAX_DAYS")
+
     # Webhooks (receiver, registration, debounced runs)
     #: Public base URL at which Pipedrive and Maileon reach the receiver (e.g. https://sync.example.com);
     #: pmsync registers ``<url>/webhooks/pipedrive`` and ``<url>/webhooks/maileon/<event>``.

@@ -1,0 +1,514 @@
+"""Drift between Pipedrive and Maileon, as data: compact frames in, drift classes out (pure, pandas).
+
+Reconcile reads both systems page by page and keeps only compact columns per person and per contact
+(ints, small codes, 64-bit hashes; the email as the join key's source). :func:`classify` joins them
+on the email and sorts every email into the drift classes below. It *classifies*; it never decides a
+consent action: emails with consent drift go to the one decision function (``consent.decide``, via
+the settle task), field drift goes to a bulk field sync, everything else is reported for review.
+
+Drift classes (``DriftClass``), first matching consent rule wins per email:
+
+================================ ======================================================= ==========
+class                            detected when                                          repair
+================================ ======================================================= ==========
+consent_mismatch                 a) opted out in Pipedrive (Newsletter=Unsubscribed or  settle
+                                    marketing_status=unsubscribed), contact live in
+                                    Maileon
+                                 b) unsubscribed in Maileon (report, no live contact),  settle
+                                    a member's Newsletter is not Unsubscribed (or its
+                                    marketing_status is subscribed)
+                                 d) DOI confirmed in Maileon (4/5), a member's          settle
+                                    Newsletter is not Subscribed
+                                 e) Newsletter=Subscribe while an unconfirmed contact   settle
+                                    exists
+                                 f) Newsletter=Subscribed, contact live but never       report
+                                    confirmed (the rules would only record it)
+missing_in_maileon               c) Newsletter asks for or claims a subscription        settle
+                                    (Subscribe / Pending DOI / Subscribed), no live
+                                    contact, not opted out
+stale_fields                     live contact of a Pipedrive email, not opted out, not  bulk sync
+                                 settled: its fields differ from what every member
+                                 maps to
+orphan_contact                   contact created by pmsync (createdByPipedrive, or      report
+                                 external id ``pd:<company>:<person>``) whose email no
+                                 Pipedrive person has (person deleted, or its email
+                                 changed)
+doi_pending_too_long             pmsync contact still at permission 1 (DOI pending)     report
+                                 longer than the limit
+duplicate_email                  several persons share a primary email                  report
+no_valid_email                   a person without a (valid) primary email               report
+================================ ======================================================= ==========
+
+Field fingerprints: each field pmsync sends (external id, FIRSTNAME, LASTNAME, FULLNAME,
+ORGANIZATION and the custom fields) is hashed on its own (:func:`field_hashes`); a person's expected
+digest is the XOR of the hashes of the fields its mapped contact carries, with a bit mask saying which
+ones. The Maileon side is combined under the *person's* mask, so a value Maileon still holds for a
+field Pipedrive left empty is not drift: pmsync never clears a field (``mapping`` omits empty values),
+so flagging it would repeat forever. Hashes are 64-bit; two different values colliding is negligible
+at 10^6 contacts (~10^-7).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pmsync.rules.newsletter import Newsletter
+from pmsync.rules.status import MarketingStatus
+
+#: Codes of the compact int8 columns (-1 = empty / unknown).
+NONE = -1
+NEWSLETTER_CODES: dict[Newsletter, int] = {option: i for i, option in enumerate(Newsletter)}
+STATUS_CODES: dict[MarketingStatus, int] = {status: i for i, status in enumerate(MarketingStatus)}
+_NL = {option.value: code for option, code in NEWSLETTER_CODES.items()}
+_MS = {status.value: code for status, code in STATUS_CODES.items()}
+
+#: Standard Maileon fields pmsync writes (``mapping.map_person``).
+MAILEON_STANDARD_FIELDS: tuple[str, ...] = ("FIRSTNAME", "LASTNAME", "FULLNAME", "ORGANIZATION")
+EXTERNAL_ID = "external_id"
+MAX_FIELDS = 16  # the mask is a uint16
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")  # = status.is_valid_email, vectorised
+_SALT = "pmsync-email-key"  # 16 characters: pandas' siphash key
+
+
+class DriftClass(StrEnum):
+    MISSING_IN_MAILEON = "missing_in_maileon"
+    STALE_FIELDS = "stale_fields"
+    CONSENT_MISMATCH = "consent_mismatch"
+    ORPHAN_CONTACT = "orphan_contact"
+    DOI_PENDING_TOO_LONG = "doi_pending_too_long"
+    DUPLICATE_EMAIL = "duplicate_email"
+    NO_VALID_EMAIL = "no_valid_email"
+
+
+#: How each class is repaired: the settle task (consent rules), the bulk field sync, or not at all.
+REPAIR: dict[DriftClass, str] = {
+    DriftClass.MISSING_IN_MAILEON: "consent rules",
+    DriftClass.CONSENT_MISMATCH: "consent rules (review: unbacked Subscribed)",
+    DriftClass.STALE_FIELDS: "bulk field sync",
+    DriftClass.ORPHAN_CONTACT: "review",
+    DriftClass.DOI_PENDING_TOO_LONG: "review",
+    DriftClass.DUPLICATE_EMAIL: "review",
+    DriftClass.NO_VALID_EMAIL: "review",
+}
+
+
+class Reason(StrEnum):
+    OPTOUT_IN_PIPEDRIVE = "opted out in Pipedrive, contact live in Maileon"
+    OPTOUT_IN_MAILEON = "unsubscribed in Maileon, not in Pipedrive"
+    CONFIRMED_IN_MAILEON = "DOI confirmed in Maileon, Pipedrive not Subscribed"
+    REQUEST_NOT_ACTED_ON = "Subscribe not acted on (unconfirmed contact exists)"
+    UNBACKED_SUBSCRIBED = "Newsletter=Subscribed, Maileon contact never confirmed"
+    REQUEST_NOT_SENT = "Subscribe not sent to Maileon"
+    REQUEST_AFTER_UNSUBSCRIBE = "Subscribe after an unsubscription in Maileon"
+    CLAIM_WITHOUT_CONTACT = "Newsletter claims a subscription, no Maileon contact"
+    FIELDS_DIFFER = "contact fields differ from the person's"
+    PERSON_DELETED = "person deleted in Pipedrive"
+    PERSON_EMAIL_CHANGED = "person's primary email changed"
+    NO_PERSON_LINK = "no Pipedrive person for this email"
+    PENDING = "DOI pending"
+    SHARED = "persons share the primary email"
+    NO_EMAIL = "no email"
+    INVALID_EMAIL = "invalid email"
+
+
+#: Reasons that go to the consent rules (settle); every other consent reason is report-only.
+SETTLE_REASONS: frozenset[Reason] = frozenset({
+    Reason.OPTOUT_IN_PIPEDRIVE, Reason.OPTOUT_IN_MAILEON, Reason.CONFIRMED_IN_MAILEON,
+    Reason.REQUEST_NOT_ACTED_ON, Reason.REQUEST_NOT_SENT, Reason.REQUEST_AFTER_UNSUBSCRIBE,
+    Reason.CLAIM_WITHOUT_CONTACT,
+})
+
+
+# --------------------------------------------------------------------------------------------------
+# Compact columns
+# --------------------------------------------------------------------------------------------------
+
+PERSON_COLUMNS: dict[str, str] = {
+    "person_id": "int64",
+    "email": "object",
+    "newsletter": "int8",
+    "marketing_status": "int8",
+    "exp": "uint64",
+    "mask": "uint16",
+}
+CONTACT_COLUMNS: dict[str, str] = {
+    "contact_id": "int64",
+    "email": "object",
+    "permission": "int8",
+    "ext_person": "int64",
+    "by_pmsync": "bool",
+    "pending_since": "float64",
+}
+UNSUBSCRIPTION_COLUMNS: dict[str, str] = {"email": "object", "at_ms": "int64"}
+
+
+def newsletter_code(label: str | None) -> int:
+    return _NL.get(label, NONE) if label is not None else NONE
+
+
+def status_code(value: str | None) -> int:
+    return _MS.get(value, NONE) if value is not None else NONE
+
+
+def newsletter_label(code: int) -> str | None:
+    return next((o.value for o, c in NEWSLETTER_CODES.items() if c == code), None)
+
+
+def empty_persons() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in PERSON_COLUMNS.items()})
+
+
+def empty_contacts(fields: int) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype=t) for c, t in CONTACT_COLUMNS.items()})
+    for i in range(fields):
+        frame[f"h{i}"] = pd.Series(dtype="uint64")
+    return frame
+
+
+def empty_unsubscriptions() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in UNSUBSCRIPTION_COLUMNS.items()})
+
+
+def persons_frame(rows: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """Build a persons frame with the compact dtypes from column lists."""
+    return pd.DataFrame({c: np.asarray(rows[c], dtype=t) for c, t in PERSON_COLUMNS.items()})
+
+
+def contacts_frame(rows: Mapping[str, Sequence[Any]], hashes: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame({c: np.asarray(rows[c], dtype=t) for c, t in CONTACT_COLUMNS.items()})
+    for i in range(hashes.shape[1]):
+        frame[f"h{i}"] = hashes[:, i]
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------
+# Field fingerprints
+# --------------------------------------------------------------------------------------------------
+
+
+def digest_fields(custom_field_types: Mapping[str, str]) -> tuple[str, ...]:
+    """The fields compared between a person's mapped contact and the Maileon contact, in mask order."""
+    names = (EXTERNAL_ID, *MAILEON_STANDARD_FIELDS, *sorted(custom_field_types))
+    if len(names) > MAX_FIELDS:
+        raise ValueError(f"at most {MAX_FIELDS} fields can be compared, got {len(names)}")
+    return names
+
+
+def normalize_value(value: Any, maileon_type: str | None = None) -> str | None:
+    """A field value as comparable text (both sides go through this): None for empty; booleans as
+    ``true``/``false``; numbers and dates in one canonical form per Maileon type."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, date | datetime):
+        text = value.isoformat()
+    else:
+        text = str(value).strip()
+    if not text:
+        return None
+    try:
+        if maileon_type == "boolean":
+            return "true" if text.lower() in ("true", "1") else "false"
+        if maileon_type == "float":
+            return repr(float(text))
+        if maileon_type == "integer":
+            return str(int(float(text)))
+    except ValueError:
+        return text
+    if maileon_type == "date":
+        return text[:10]
+    return text
+
+
+def field_texts(
+    fields: Sequence[str],
+    types: Mapping[str, str],
+    external_id: str | None,
+    standard: Mapping[str, Any],
+    custom: Mapping[str, Any],
+) -> list[str | None]:
+    """One contact's compared values in ``fields`` order (a mapped contact or a Maileon listing row)."""
+    out: list[str | None] = []
+    for name in fields:
+        if name == EXTERNAL_ID:
+            out.append(normalize_value(external_id))
+        elif name in MAILEON_STANDARD_FIELDS:
+            out.append(normalize_value(standard.get(name)))
+        else:
+            out.append(normalize_value(custom.get(name), types.get(name)))
+    return out
+
+
+def fingerprints(rows: Sequence[Sequence[str | None]], fields: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(digest, mask, per-field hashes) of contacts given as :func:`field_texts` rows."""
+    columns = [[row[i] for row in rows] for i in range(fields)]
+    hashes, mask = field_hashes(columns) if rows else (np.zeros((0, fields), np.uint64), np.zeros(0, np.uint16))
+    return combine(hashes, mask), mask, hashes
+
+
+def field_hashes(columns: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-field 64-bit hashes (n × fields, uint64) and the mask of fields that have a value.
+
+    ``columns[i]`` holds field i's normalized text for every row (None = no value). Each field is
+    hashed with its own key, so equal values in two fields do not cancel when combined.
+    """
+    n = len(columns[0]) if columns else 0
+    hashes = np.zeros((n, len(columns)), dtype=np.uint64)
+    mask = np.zeros(n, dtype=np.uint16)
+    for i, values in enumerate(columns):
+        present = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+        if not present.any():
+            continue
+        text = np.asarray([v if v is not None else "" for v in values], dtype=object)
+        hashes[:, i] = np.where(present, pd.util.hash_array(text, hash_key=f"pmsync-field-{i:03d}"), 0)
+        mask |= present.astype(np.uint16) << np.uint16(i)
+    return hashes, mask
+
+
+def combine(hashes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """XOR of each row's field hashes selected by its mask (one uint64 per row)."""
+    out = np.zeros(len(mask), dtype=np.uint64)
+    for i in range(hashes.shape[1]):
+        bit = ((mask >> np.uint16(i)) & np.uint16(1)).astype(bool)
+        out ^= np.where(bit, hashes[:, i], np.uint64(0))
+    return out
+
+
+def text_hashes(values: Sequence[str]) -> np.ndarray:
+    """64-bit hashes of texts (e.g. a person's raw mapping inputs), as uint64."""
+    return pd.util.hash_array(np.asarray(values, dtype=object), hash_key="pmsync-raw-input")
+
+
+def email_keys(emails: pd.Series) -> np.ndarray:
+    """The join key of an email column: a 64-bit hash (0 for None)."""
+    values = emails.to_numpy(dtype=object)
+    present = pd.notna(values)
+    keys = np.zeros(len(values), dtype=np.uint64)
+    if present.any():
+        keys[present] = pd.util.hash_array(values[present], hash_key=_SALT)
+    return keys
+
+
+def valid_emails(emails: pd.Series) -> np.ndarray:
+    text = emails.astype(object).where(emails.notna(), "")
+    return text.str.match(_EMAIL).fillna(False).to_numpy(dtype=bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Drift:
+    """The drift of one reconcile, per class: ``email``, ``person_ids`` (list), ``reason`` columns."""
+
+    classes: dict[DriftClass, pd.DataFrame]
+    #: Emails for the consent rules: ``email``, ``person_ids``, ``permission`` (-1: no live
+    #: contact), ``unsubscribed_at_ms`` (-1: none; set only without a live contact), ``reason``.
+    settle: pd.DataFrame
+    #: Emails whose live contact gets a bulk field update: ``email``, ``person_ids``.
+    stale: pd.DataFrame
+    #: Distinct valid emails across both systems (the brake's denominator).
+    population: int
+    #: Live contacts of Pipedrive emails whose fields could not be compared (no digest known yet).
+    unverified: int = 0
+    persons: int = 0
+    contacts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def planned(self) -> int:
+        """Changes the repair would attempt: emails for the consent rules plus field updates."""
+        return len(self.settle) + len(self.stale)
+
+    def counts(self) -> dict[str, int]:
+        return {c.value: len(self.classes.get(c, ())) for c in DriftClass}
+
+    def reasons(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for cls, frame in self.classes.items():
+            if len(frame):
+                out[cls.value] = {str(k): int(v) for k, v in frame["reason"].value_counts().sort_index().items()}
+        return out
+
+    def samples(self, n: int = 5) -> dict[str, list[tuple[str | None, list[int], str]]]:
+        """Up to ``n`` (email, person ids, reason) per class, emails in order (deterministic)."""
+        out: dict[str, list[tuple[str | None, list[int], str]]] = {}
+        for cls, frame in self.classes.items():
+            if len(frame):
+                head = frame.sort_values("email", na_position="last").head(n)
+                out[cls.value] = [
+                    (e if isinstance(e, str) else None, [int(i) for i in ids], str(r))
+                    for e, ids, r in zip(head["email"], head["person_ids"], head["reason"], strict=True)
+                ]
+        return out
+
+
+def brake(planned: int, population: int, threshold: float) -> bool:
+    """True when the planned changes are too many to apply unreviewed: ``planned / population`` is
+    not below ``threshold``. Nothing planned never brakes."""
+    return planned > 0 and planned / max(population, 1) >= threshold
+
+
+def classify(
+    persons: pd.DataFrame,
+    contacts: pd.DataFrame,
+    unsubscriptions: pd.DataFrame,
+    *,
+    campaigns_enabled: bool,
+    now_s: float,
+    doi_pending_max_s: float,
+) -> Drift:
+    """Sort every email into the drift classes (see the module docstring)."""
+    persons = persons.drop_duplicates("person_id", keep="last")
+    valid = valid_emails(persons["email"])
+    classes: dict[DriftClass, pd.DataFrame] = {}
+
+    # -- persons without a valid email ------------------------------------------------------------
+    bad = persons.loc[~valid, ["person_id", "email"]]
+    classes[DriftClass.NO_VALID_EMAIL] = pd.DataFrame({
+        "email": pd.Series([e if isinstance(e, str) else None for e in bad["email"]], dtype=object),
+        "person_ids": [[int(p)] for p in bad["person_id"]],
+        "reason": np.where(bad["email"].isna(), Reason.NO_EMAIL.value, Reason.INVALID_EMAIL.value),
+    })
+
+    # -- Pipedrive, per email ---------------------------------------------------------------------
+    m = persons.loc[valid].copy()
+    m["key"] = email_keys(m["email"])
+    nl, ms = m["newsletter"].to_numpy(), m["marketing_status"].to_numpy()
+    unsub_nl, unsub_ms = NEWSLETTER_CODES[Newsletter.UNSUBSCRIBED], STATUS_CODES[MarketingStatus.UNSUBSCRIBED]
+    m["optout"] = (nl == unsub_nl) | (campaigns_enabled & (ms == unsub_ms))
+    m["request"] = nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBE]
+    m["claim"] = (nl == NEWSLETTER_CODES[Newsletter.PENDING_DOI]) | (nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBED])
+    m["subscribed"] = nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBED]
+    m["not_unsubscribed"] = (nl != unsub_nl) | (
+        campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED]))
+    per_email = m.groupby("key", sort=False).agg(
+        email=("email", "first"),
+        members=("person_id", "size"),
+        optout=("optout", "max"),
+        request=("request", "max"),
+        claim=("claim", "max"),
+        any_subscribed=("subscribed", "max"),
+        all_subscribed=("subscribed", "min"),
+        not_unsubscribed=("not_unsubscribed", "max"),
+    )
+
+    # -- Maileon, per email -----------------------------------------------------------------------
+    c = contacts.loc[contacts["email"].notna()].copy()
+    c["key"] = email_keys(c["email"])
+    c = c.drop_duplicates("key", keep="last").set_index("key")
+    u = unsubscriptions.loc[unsubscriptions["email"].notna()].copy()
+    u["key"] = email_keys(u["email"])
+    unsub_at = u.groupby("key")["at_ms"].max()
+
+    keys = per_email.index
+    live = keys.isin(c.index)
+    permission = c["permission"].reindex(keys).fillna(NONE).to_numpy(dtype=np.int8)
+    confirmed = live & np.isin(permission, (4, 5))
+    unsub = keys.isin(unsub_at.index) & ~live
+    optout = per_email["optout"].to_numpy(dtype=bool)
+    request = per_email["request"].to_numpy(dtype=bool)
+    claim = per_email["claim"].to_numpy(dtype=bool)
+
+    reason = np.full(len(keys), "", dtype=object)
+
+    def mark(cond: np.ndarray, why: Reason) -> None:
+        reason[(reason == "") & cond] = why.value
+
+    mark(optout & live, Reason.OPTOUT_IN_PIPEDRIVE)
+    mark(unsub & ~request & per_email["not_unsubscribed"].to_numpy(dtype=bool), Reason.OPTOUT_IN_MAILEON)
+    mark(~live & ~optout & request & unsub, Reason.REQUEST_AFTER_UNSUBSCRIBE)
+    mark(~live & ~optout & request, Reason.REQUEST_NOT_SENT)
+    mark(~live & ~optout & ~unsub & claim, Reason.CLAIM_WITHOUT_CONTACT)
+    mark(confirmed & ~optout & ~per_email["all_subscribed"].to_numpy(dtype=bool), Reason.CONFIRMED_IN_MAILEON)
+    mark(live & ~confirmed & ~optout & request, Reason.REQUEST_NOT_ACTED_ON)
+    mark(live & ~confirmed & ~optout & per_email["any_subscribed"].to_numpy(dtype=bool), Reason.UNBACKED_SUBSCRIBED)
+
+    missing_reasons = {Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
+                       Reason.CLAIM_WITHOUT_CONTACT.value}
+    is_missing = np.isin(reason, list(missing_reasons))
+    is_consent = (reason != "") & ~is_missing
+    to_settle = np.isin(reason, [r.value for r in SETTLE_REASONS])
+
+    # -- field drift: every member's expected digest against the contact under that member's mask
+    stale = np.zeros(len(keys), dtype=bool)
+    unverified = 0
+    eligible = live & ~optout & ~to_settle
+    if eligible.any() and len(c):
+        rows = m.loc[m["key"].isin(keys[eligible]), ["key", "exp", "mask"]]
+        pos = c.index.get_indexer(rows["key"])
+        hcols = [col for col in c.columns if col.startswith("h") and col[1:].isdigit()]
+        hashes = c[hcols].to_numpy(dtype=np.uint64)[pos] if hcols else np.zeros((len(rows), 0), np.uint64)
+        member_mask = rows["mask"].to_numpy(dtype=np.uint16)
+        known = member_mask > 0
+        match = known & (combine(hashes, member_mask) == rows["exp"].to_numpy(dtype=np.uint64))
+        agg = pd.DataFrame({"key": rows["key"].to_numpy(), "known": known, "match": match}).groupby("key").max()
+        agg = agg.reindex(keys[eligible], fill_value=False)
+        stale_sub = agg["known"].to_numpy(dtype=bool) & ~agg["match"].to_numpy(dtype=bool)
+        unverified = int((~agg["known"].to_numpy(dtype=bool)).sum())
+        stale[np.flatnonzero(eligible)[stale_sub]] = True
+
+    # -- person ids of the emails we report or act on ----------------------------------------------
+    members = per_email["members"].to_numpy()
+    duplicate = members >= 2
+    wanted = keys[(reason != "") | stale | duplicate]
+    ids_by_key = (m.loc[m["key"].isin(wanted)].groupby("key")["person_id"]
+                  .agg(lambda s: sorted(int(x) for x in s)))
+
+    def frame(sel: np.ndarray, why: np.ndarray | str) -> pd.DataFrame:
+        k = keys[sel]
+        return pd.DataFrame({
+            "email": per_email["email"].to_numpy(dtype=object)[sel],
+            "person_ids": list(ids_by_key.reindex(k).to_numpy(dtype=object)) if len(k) else [],
+            "reason": why[sel] if isinstance(why, np.ndarray) else np.full(int(sel.sum()), why, dtype=object),
+        })
+
+    classes[DriftClass.MISSING_IN_MAILEON] = frame(is_missing, reason)
+    classes[DriftClass.CONSENT_MISMATCH] = frame(is_consent, reason)
+    classes[DriftClass.STALE_FIELDS] = frame(stale, Reason.FIELDS_DIFFER.value)
+    classes[DriftClass.DUPLICATE_EMAIL] = frame(duplicate, Reason.SHARED.value)
+
+    settle = frame(to_settle, reason)
+    settle["permission"] = permission[to_settle]
+    settle["unsubscribed_at_ms"] = (
+        unsub_at.reindex(keys[to_settle]).where(unsub[to_settle]).fillna(-1).to_numpy(dtype=np.int64))
+    stale_frame = frame(stale, Reason.FIELDS_DIFFER.value)[["email", "person_ids"]]
+
+    # -- Maileon-side classes ----------------------------------------------------------------------
+    has_members = c.index.isin(keys)
+    by_pmsync = c["by_pmsync"].to_numpy(dtype=bool)
+    orphan = by_pmsync & ~has_members
+    ext = c["ext_person"].to_numpy(dtype=np.int64)
+    known_person = np.isin(ext, persons["person_id"].to_numpy(dtype=np.int64))
+    orphan_reason = np.where(ext < 0, Reason.NO_PERSON_LINK.value,
+                             np.where(known_person, Reason.PERSON_EMAIL_CHANGED.value, Reason.PERSON_DELETED.value))
+    classes[DriftClass.ORPHAN_CONTACT] = pd.DataFrame({
+        "email": c["email"].to_numpy(dtype=object)[orphan],
+        "person_ids": [[int(x)] if x >= 0 else [] for x in ext[orphan]],
+        "reason": orphan_reason[orphan].astype(object),
+    })
+    since = c["pending_since"].to_numpy(dtype=np.float64)
+    pending = by_pmsync & (c["permission"].to_numpy() == 1) & ~np.isnan(since) & (now_s - since > doi_pending_max_s)
+    days = np.floor((now_s - since[pending]) / 86400).astype(int) if pending.any() else np.zeros(0, int)
+    classes[DriftClass.DOI_PENDING_TOO_LONG] = pd.DataFrame({
+        "email": c["email"].to_numpy(dtype=object)[pending],
+        "person_ids": [[int(x)] if x >= 0 else [] for x in ext[pending]],
+        "reason": [f"{Reason.PENDING.value} for {d} days" for d in days],
+    })
+
+    population = len(keys) + int((~has_members).sum())
+    ordered = {cls: classes[cls] for cls in DriftClass}
+    return Drift(classes=ordered, settle=settle, stale=stale_frame, population=population,
+                 unverified=unverified, persons=len(persons), contacts=len(c))
