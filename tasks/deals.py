@@ -79,6 +79,8 @@ PAGE_LIMIT = 500
 IDS_PER_CALL = 100
 RECENT_WINDOW = 2000
 LEASE_SECONDS = 300.0
+#: Requests per batch when Maileon fails ambiguously (each followed by a read of what it recorded).
+AMBIGUOUS_ROUNDS = 3
 ALL_STATUSES: tuple[str, ...] = ("open", "won", "lost", "deleted")
 CHECKPOINT = "backfill-deal-events"
 
@@ -527,7 +529,9 @@ class DealPageResult(EnqueueSummary):
 def resolve_window(since: datetime, until: datetime | None, statuses: Sequence[str] | None,
                    include_archived: bool) -> BackfillWindow:  # fmt: skip
     since_utc = rules.whole_second(since)
-    until_utc = rules.whole_second(until) if until is not None else rules.whole_second(datetime.now(UTC))
+    # Empty until: everything up to now, the current second included (the window's end is exclusive).
+    now_end = rules.whole_second(datetime.now(UTC)) + timedelta(seconds=1)
+    until_utc = rules.whole_second(until) if until is not None else now_end
     if until_utc <= since_utc:
         raise ValueError(f"until ({until_utc:%Y-%m-%d %H:%M:%S}) must be after since ({since_utc:%Y-%m-%d %H:%M:%S})")
     wanted = list(dict.fromkeys(statuses or ALL_STATUSES))
@@ -720,53 +724,65 @@ class _Sender:
 
     def _send_one(self, rows: list[OutboxEvent], payloads: list[rules.EventPayload],
                   items: list[dict[str, Any]]) -> None:  # fmt: skip
-        try:
-            result = self.rt.maileon.send_transactions(items, ignore_invalid_transactions=True)
-        except ConfigurationError:
-            raise  # bad key / privileges: nothing was sent; the leases expire, no attempt is counted
-        except TransientError as exc:
-            if exc.outcome_unknown:
+        """One ``POST /transactions``; after an ambiguous failure, what Maileon recorded is marked sent
+        and only the rest is sent again (at most ``AMBIGUOUS_ROUNDS`` requests in all)."""
+        pending = list(range(len(rows)))
+        last: Exception | None = None
+        for round_ in range(AMBIGUOUS_ROUNDS):
+            if round_:
+                time.sleep(min(5.0, self.rt.settings.http_backoff_base_seconds * 2**round_))
+            try:
+                result = self.rt.maileon.send_transactions([items[i] for i in pending],
+                                                           ignore_invalid_transactions=True)  # fmt: skip
+            except ConfigurationError:
+                raise  # bad key / privileges: nothing was sent; the leases expire, no attempt is counted
+            except TransientError as exc:
                 self.summary.requests += 1
-                self._resolve_ambiguous(rows, payloads, exc)
+                if not exc.outcome_unknown:
+                    self._fail_all([rows[i] for i in pending], f"Maileon unavailable: {exc}")
+                    return
+                last = exc
+                left = self._resolve_ambiguous(rows, payloads, pending, exc)
+                if not left:  # all recorded, or Maileon could not tell (attempts counted)
+                    return
+                pending = left
+                continue
+            except ConnectorError as exc:
+                self.summary.requests += 1
+                self._fail_all([rows[i] for i in pending], f"Maileon error: {exc}")
                 return
-            self.summary.requests += 1
-            for row in rows:
-                self.fail(row, f"Maileon unavailable: {exc}")
+            self.summary.requests += result.requests
+            sent = [(rows[i], rep) for i, rep in zip(pending, result.reports, strict=True) if rep.queued]
+            self.sent([r for r, _ in sent], [rep.transaction_id for _, rep in sent])
+            for i, rep in zip(pending, result.reports, strict=True):
+                self.summary.imports += int(rep.queued and payloads[i].import_contact)
+                self.report(rows[i], rep)
             return
-        except ConnectorError as exc:
-            self.summary.requests += 1
-            for row in rows:
-                self.fail(row, f"Maileon error: {exc}")
-            return
-        self.summary.requests += result.requests
-        queued = [(r, rep) for r, rep in zip(rows, result.reports, strict=True) if rep.queued]
-        self.sent([r for r, _ in queued], [rep.transaction_id for _, rep in queued])
-        for row, payload, rep in zip(rows, payloads, result.reports, strict=True):
-            self.summary.imports += int(rep.queued and payload.import_contact)
-            self.report(row, rep)
+        self._fail_all([rows[i] for i in pending],
+                       f"ambiguous failure {AMBIGUOUS_ROUNDS} times, not recorded by Maileon: sent again later ({last})")  # fmt: skip
+
+    def _fail_all(self, rows: Sequence[OutboxEvent], reason: str) -> None:
+        for row in rows:
+            self.fail(row, reason)
 
     def _resolve_ambiguous(self, rows: list[OutboxEvent], payloads: list[rules.EventPayload],
-                           exc: Exception) -> None:  # fmt: skip
-        """The batch may have landed: mark what Maileon recorded as sent; only the rest is resent."""
+                           pending: list[int], exc: Exception) -> list[int] | None:  # fmt: skip
+        """The batch may have landed: mark what Maileon recorded as sent; return what is left to send
+        (None when Maileon cannot tell us: those events count a failed attempt)."""
         try:
-            recorded = recorded_keys(self.rt, {p.type_name for p in payloads})
+            recorded = recorded_keys(self.rt, {payloads[i].type_name for i in pending})
         except ConnectorError as probe_exc:
-            for row in rows:
-                self.fail(row, f"ambiguous failure ({exc}); recent transactions unreadable ({probe_exc})")
-            return
-        found: list[OutboxEvent] = []
-        for row, payload in zip(rows, payloads, strict=True):
-            key = rules.recorded_key(payload.type_name, payload.content)
-            if key is not None and key in recorded:
-                found.append(row)
-            else:
-                self.fail(row, f"ambiguous failure, not recorded by Maileon: sent again ({exc})")
-        self.sent(found, [None] * len(found))
+            self._fail_all([rows[i] for i in pending],
+                           f"ambiguous failure ({exc}); recent transactions unreadable ({probe_exc})")  # fmt: skip
+            return None
+        found = [i for i in pending if rules.recorded_key(payloads[i].type_name, payloads[i].content) in recorded]
+        self.sent([rows[i] for i in found], [None] * len(found))
         self.summary.found_recorded += len(found)
         log.warning(
-            "deal events: POST /transactions failed ambiguously (%s); %d of %d events were recorded by Maileon",
-            exc, len(found), len(rows),
+            "deal events: POST /transactions failed ambiguously (%s); %d of %d events were recorded by Maileon, "
+            "the others are sent again", exc, len(found), len(pending),
         )  # fmt: skip
+        return [i for i in pending if i not in set(found)]
 
 
 def recorded_keys(rt: Runtime, type_names: Iterable[str]) -> set[tuple[int, str, str]]:
