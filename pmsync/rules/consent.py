@@ -120,6 +120,8 @@ MAILEON_ECHO_WINDOW = timedelta(minutes=10)
 #: A Pipedrive webhook repeating pmsync's own write this long after it is its echo.
 PIPEDRIVE_ECHO_WINDOW = timedelta(minutes=10)
 _JUST_AFTER = timedelta(microseconds=1)
+#: Pipedrive's timestamps have second precision.
+_PD_TIME_RESOLUTION = timedelta(seconds=1)
 
 MS = MarketingStatus
 Phase = ConsentPhase
@@ -714,7 +716,9 @@ def _observe(
         # earlier change (counted too, dated exactly; the fold decides whether it still matters).
         fresh = sig is not None and _after(sig.at, last.observed_at)
         # A value seen only as a state was set no later than the read and the person's update_time.
-        state_at = min(read_at, m.update_time) if m.update_time is not None else read_at
+        # Pipedrive truncates update_time to the second, so the change may lie up to a second after
+        # it: an edit 0.3 s after our previous read would otherwise look older than that read.
+        state_at = min(read_at, m.update_time + _PD_TIME_RESOLUTION) if m.update_time is not None else read_at
 
         if m.newsletter is Newsletter.SUBSCRIBE:
             bounds: list[datetime | None] = []

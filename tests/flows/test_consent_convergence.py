@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flows.consent import FIRST_RUN_LOOKBACK
@@ -137,6 +137,10 @@ def fresh(world: World, db: Path) -> World:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=ops, fault_rate=st.sampled_from([0.0, 0.15, 0.3]))
+# Found by the long profile: a second Subscribe on one person and an opt-out on another, both
+# between two syncs, after a confirmed DOI.
+@example(history=[("pd_subscribe", 1), ("sync", 0), ("ml_confirm", 1), ("pd_subscribe", 1), ("pd_optout", 1),
+                  ("sync", 0)], fault_rate=0.0)
 def test_random_consent_histories_converge_without_lost_unsubscribes_or_unconfirmed_permissions(
     world: World, tmp_path_factory: pytest.TempPathFactory, history: list[Op], fault_rate: float
 ) -> None:

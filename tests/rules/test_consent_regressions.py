@@ -1,0 +1,68 @@
+"""Regressions found by the end-to-end convergence property test (tests/flows/test_consent_convergence.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pmsync.rules.consent import decide
+from pmsync.rules.newsletter import Newsletter
+from pmsync.rules.status import MarketingStatus
+from pmsync.rules.views import LastState, MaileonView, Permission, PersonView, PipedriveView
+
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+EMAIL = "bob@example.org"
+
+
+def test_an_opt_out_on_one_member_beats_a_concurrent_resubscribe_on_another_after_a_confirmed_doi() -> None:
+    # Sync 1: Subscribe on person 1 → DOI started, both members Pending DOI.
+    first = decide(
+        PipedriveView(email=EMAIL, campaigns_enabled=True, fetched_at=T0, persons=(
+            PersonView(person_id=1, newsletter=Newsletter.SUBSCRIBE, marketing_status=MarketingStatus.NO_CONSENT,
+                       update_time=T0 - timedelta(seconds=5)),
+            PersonView(person_id=2, marketing_status=MarketingStatus.NO_CONSENT, update_time=T0 - timedelta(seconds=9)),
+        )),
+        MaileonView(), LastState(), None, now=T0,
+    )
+    assert [a.kind for a in first.actions] == ["create_maileon_contact_with_doi", "set_newsletter"]
+    # Then: the recipient confirms (permission 4); a salesperson sets Subscribe again on person 1 and,
+    # a second later, Unsubscribed on person 2. Sync 2 reads both.
+    t1 = T0 + timedelta(minutes=1)
+    second = decide(
+        PipedriveView(email=EMAIL, campaigns_enabled=True, fetched_at=t1 + timedelta(seconds=5), persons=(
+            PersonView(person_id=1, newsletter=Newsletter.SUBSCRIBE, marketing_status=MarketingStatus.NO_CONSENT,
+                       update_time=t1),
+            PersonView(person_id=2, newsletter=Newsletter.UNSUBSCRIBED, marketing_status=MarketingStatus.NO_CONSENT,
+                       update_time=t1 + timedelta(seconds=1)),
+        )),
+        MaileonView(contact_exists=True, permission=Permission.DOI),
+        first.last, None, now=t1 + timedelta(seconds=5),
+    )
+    kinds = [a.kind for a in second.actions]
+    # The opt-out is the newest event: Maileon must be unsubscribed, nobody marked Subscribed.
+    assert "unsubscribe_maileon" in kinds, kinds
+    assert second.phase.value == "opted_out", second.phase
+
+
+def test_an_opt_out_made_in_the_same_second_as_the_previous_read_is_still_newer_than_that_read() -> None:
+    """Pipedrive's update_time has second precision: an edit 0.3 s after pmsync's read at 12:00:00.600
+    carries update_time 12:00:00, i.e. *before* the read. The opt-out must still count as newer than
+    the DOI confirmation pmsync dates just after the read that started the DOI."""
+    read1 = T0 + timedelta(milliseconds=600)
+    first = decide(
+        PipedriveView(email=EMAIL, campaigns_enabled=True, fetched_at=read1, persons=(
+            PersonView(person_id=1, newsletter=Newsletter.SUBSCRIBE, update_time=T0 - timedelta(seconds=5)),
+            PersonView(person_id=2, update_time=T0 - timedelta(seconds=9)),
+        )),
+        MaileonView(), LastState(), None, now=read1,
+    )
+    read2 = T0 + timedelta(seconds=3)
+    second = decide(
+        PipedriveView(email=EMAIL, campaigns_enabled=True, fetched_at=read2, persons=(
+            PersonView(person_id=1, newsletter=Newsletter.SUBSCRIBE, update_time=T0),
+            PersonView(person_id=2, newsletter=Newsletter.UNSUBSCRIBED, update_time=T0),  # truncated to the second
+        )),
+        MaileonView(contact_exists=True, permission=Permission.DOI),
+        first.last, None, now=read2,
+    )
+    assert "unsubscribe_maileon" in [a.kind for a in second.actions]
+    assert second.phase.value == "opted_out"
