@@ -257,14 +257,18 @@ def settle_batch(
     person_ids: dict[str, list[int]] | None = None,
     dry_run: bool = False,
     cause_kind: str = "sync",
+    contacts: dict[str, Contact | None] | None = None,
 ) -> SettleSummary:
-    """Decide and apply for one batch of emails (≤ settings.batch_size)."""
-    return Settler(get_runtime(), account, dry_run=dry_run, cause_kind=cause_kind).settle(batch, person_ids)
+    """Decide and apply for one batch of emails (≤ settings.batch_size). ``contacts``: Maileon contacts
+    the caller already listed (None = no live contact); emails not in it are read with a GET each."""
+    return Settler(get_runtime(), account, dry_run=dry_run, cause_kind=cause_kind).settle(
+        batch, person_ids, contacts)
 
 
 class Settler:
     def __init__(self, rt: Runtime, account: Account, *, dry_run: bool, cause_kind: str) -> None:
         self.rt, self.account, self.dry_run, self.cause_kind = rt, account, dry_run, cause_kind
+        self.contacts: dict[str, Contact | None] | None = None  # listed by the caller (reconcile)
         self.summary = SettleSummary()
         self.flow_run_id = _flow_run_id()
         self.now = datetime.now(UTC)
@@ -320,7 +324,11 @@ class Settler:
         )
 
     def _maileon_view(self, email: str, signal: AnySignal | None, last: LastState) -> MaileonView:
-        contact = self.rt.maileon.get_contact(email, custom_fields=["createdByPipedrive"]) if is_valid_email(email) else None
+        if self.contacts is not None and email in self.contacts:
+            contact = self.contacts[email]
+        else:
+            contact = (self.rt.maileon.get_contact(email, custom_fields=["createdByPipedrive"])
+                       if is_valid_email(email) else None)
         unsub_at = signal.at if signal and signal.kind == "unsubscribe" else None
         doi_at = signal.at if signal and signal.kind == "doi" else None
         if contact is None or contact.permission is None:
@@ -340,9 +348,11 @@ class Settler:
 
     # -- settle
     def settle(
-        self, batch: dict[str, AnySignal | None], person_ids: dict[str, list[int]] | None = None
+        self, batch: dict[str, AnySignal | None], person_ids: dict[str, list[int]] | None = None,
+        contacts: dict[str, Contact | None] | None = None,
     ) -> SettleSummary:
         batch = {normalize_email(e): s for e, s in batch.items()}
+        self.contacts = {normalize_email(e): c for e, c in contacts.items()} if contacts is not None else None
         emails = list(batch)
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
