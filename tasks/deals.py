@@ -379,22 +379,40 @@ def events_from_webhooks(bodies: Sequence[Mapping[str, Any]]) -> WebhookChanges:
     return out
 
 
-def _outbox_key(change: rules.DealChange) -> OutboxKey:
-    return OutboxKey(change.deal.id, change.kind.value, change.at)
+def known_keys(rt: Runtime, deal_ids: Iterable[int]) -> dict[int, set[tuple[str, datetime]]]:
+    """(kind, time) of every outbox row of the given deals, any status: one read per 500 deals.
+
+    A read-only query over the store's public engine and the outbox model; it belongs in the store
+    (``Store.outbox_keys_for_deals``) and moves there when the store grows it.
+    """
+    from sqlalchemy import select
+
+    from connectors.store.models import table_of
+
+    table = table_of(OutboxEvent)
+    ids = sorted(set(deal_ids))
+    found: dict[int, set[tuple[str, datetime]]] = {}
+    for start in range(0, len(ids), 500):
+        stmt = select(table.c.deal_id, table.c.kind, table.c.deal_update_time).where(
+            table.c.deal_id.in_(ids[start : start + 500])
+        )
+        with rt.store.engine.connect() as conn:
+            for deal_id, kind, at in conn.execute(stmt):
+                found.setdefault(int(deal_id), set()).add((str(kind), rules.whole_second(at)))
+    return found
 
 
-def _already_queued(rt: Runtime, change: rules.DealChange) -> bool:
-    """The key is in the outbox (any status). A deletion is matched within ±1 s: the webhook's
-    ``meta.timestamp`` and the deleted deal's ``update_time`` may straddle a second."""
-    key = _outbox_key(change)
-    if rt.store.outbox_get(key) is not None:
+def _is_known(known: Mapping[int, set[tuple[str, datetime]]], change: rules.DealChange) -> bool:
+    """The key is in the outbox. A deletion is matched within ±1 s: the webhook's ``meta.timestamp``
+    and the deleted deal's ``update_time`` may straddle a second."""
+    have = known.get(change.deal.id)
+    if not have:
+        return False
+    if (change.kind.value, change.at) in have:
         return True
     if change.kind is rules.EventKind.DELETED:
         second = timedelta(seconds=1)
-        return any(
-            rt.store.outbox_get(OutboxKey(key.deal_id, key.kind, key.deal_update_time + d)) is not None
-            for d in (-second, second)
-        )
+        return any((change.kind.value, change.at + d) in have for d in (-second, second))
     return False
 
 
@@ -402,8 +420,9 @@ def enqueue_changes(rt: Runtime, changes: Sequence[rules.DealChange], *, dry_run
     """Deal changes → outbox rows with resolved names (nothing written in a dry run)."""
     summary = EnqueueSummary(changes=len(changes))
     fresh: dict[tuple[int, str, datetime], rules.DealChange] = {}
+    known = known_keys(rt, (c.deal.id for c in changes)) if changes else {}
     for change in changes:
-        if change.key in fresh or _already_queued(rt, change):
+        if change.key in fresh or _is_known(known, change):
             summary.already_queued += 1
             continue
         fresh[change.key] = change
