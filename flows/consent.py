@@ -23,7 +23,6 @@ from tasks.consent import (
 )
 from tasks.state import account_facts, advance_watermark, batches, publish, read_window
 
-
 #: How far back the unsubscription report is read on the very first run.
 FIRST_RUN_LOOKBACK = timedelta(days=30)
 
