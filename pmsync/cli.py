@@ -228,6 +228,12 @@ app.command(_deals.deadletters, name="deadletters")
 app.command(_deals.redrive, name="redrive")
 
 
+# Reconciliation (issue 5): drift report, repair below the brake.
+from pmsync.commands import reconcile as _reconcile  # noqa: E402
+
+app.command(_reconcile.reconcile)
+
+
 def main() -> None:
     app()
 
