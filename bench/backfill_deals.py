@@ -62,9 +62,10 @@ def run_plain(rt: Runtime) -> Any:
         report.enqueued.merge(page)
         report.pages += 1
         report.list_calls += page.list_calls
-        while (sent := t.send_pending(rt)).claimed:
+        while True:
+            sent = t.send_pending(rt)
             report.sent.merge(sent)
-            if not sent.progressed:
+            if sent.exhausted or not sent.progressed:
                 break
         position = page.next
     report.complete = True

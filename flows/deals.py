@@ -43,7 +43,7 @@ def drain_outbox(max_rounds: int = MAX_DRAIN_ROUNDS) -> SendSummary:
     for _ in range(max_rounds):
         batch = send_outbox_batch()
         total.merge(batch)
-        if batch.claimed == 0 or not batch.progressed:
+        if batch.exhausted or not batch.progressed:
             break
     return total
 

@@ -645,6 +645,8 @@ def enqueue_deal_page(position: BackfillPosition, dry_run: bool = True) -> DealP
 
 class SendSummary(BaseModel):
     claimed: int = 0
+    #: Fewer events were pending than a batch holds: nothing is left for another round.
+    exhausted: bool = False
     sent: int = 0
     #: Found already recorded by Maileon after an ambiguous failure (not sent again).
     found_recorded: int = 0
@@ -661,6 +663,7 @@ class SendSummary(BaseModel):
         for name in ("claimed", "sent", "found_recorded", "requests", "retry_later", "dead",
                      "not_in_maileon", "imports"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.exhausted = other.exhausted
         _merge_counts(self.reasons, other.reasons)
 
     @property
@@ -824,6 +827,7 @@ def send_pending(rt: Runtime, limit: int | None = None) -> SendSummary:
     rows = rt.store.outbox_claim(limit, lease_seconds=LEASE_SECONDS)
     sender = _Sender(rt)
     sender.summary.claimed = len(rows)
+    sender.summary.exhausted = len(rows) < limit
     if not rows:
         return sender.summary
     types = _types_for_sending(rt)
@@ -907,8 +911,8 @@ class BackfillReport(BaseModel):
         ]  # fmt: skip
         if not self.dry_run:
             rows += [
-                ("sent to Maileon", s.sent),
-                ("found recorded after an ambiguous failure", s.found_recorded),
+                ("sent to Maileon (marked sent in the outbox)", s.sent),
+                ("  of which found recorded after an ambiguous failure", s.found_recorded),
                 ("POST /transactions requests", s.requests),
                 ("failed, retried by the next run", s.retry_later),
                 ("dead-lettered (pmsync deadletters)", s.dead),

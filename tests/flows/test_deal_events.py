@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -392,7 +393,7 @@ def test_changes_whose_webhooks_were_dropped_are_sent_by_the_backfill_and_nothin
 
 @pytest.mark.prefect
 def test_a_backfill_dry_run_writes_nothing_the_real_run_sends_each_change_once_and_a_rerun_sends_nothing(
-    flow_rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+    flow_rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from flows.setup import setup
 
@@ -418,9 +419,13 @@ def test_a_backfill_dry_run_writes_nothing_the_real_run_sends_each_change_once_a
     assert real.sent.requests == real.pages  # one POST /transactions per page of ≤500 deals
     assert real.enqueued.skipped == dry.enqueued.skipped
 
-    rerun = backfill_deal_events(since=LONG_AGO, dry_run=False)
-    assert rerun.enqueued.queued == 0 and rerun.enqueued.already_queued == real.enqueued.queued
-    assert rerun.sent.sent == 0 and rerun.enqueued.lookups.total == 0 and len(maileon_events(maileon_sim)) == len(events)
+    assert commands.backfill_deals(since="2000-01-01") == 0  # the CLI: a real run, re-run
+    printed = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in capsys.readouterr().out.splitlines()
+                   if re.search(r"\S\s{2,}\S", line))  # fmt: skip
+    assert printed["already in the outbox (sent before or queued)"] == str(real.enqueued.queued)
+    assert printed["sent to Maileon (marked sent in the outbox)"] == "0"
+    assert printed["name look-up calls (persons / orgs / users)"] == "0 / 0 / 0"
+    assert len(maileon_events(maileon_sim)) == len(events)
     assert _artifact_keys() >= {"backfill-deal-events-summary", "backfill-deal-events-progress"}
 
 
