@@ -78,8 +78,9 @@ def run_flow(rt: Runtime) -> tuple[Any, float]:
 
     from flows.deals import backfill_deal_events
 
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings(
-        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         started = time.perf_counter()
         report = backfill_deal_events(since=SINCE, dry_run=False)
@@ -87,7 +88,9 @@ def run_flow(rt: Runtime) -> tuple[Any, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--deals", type=int, default=20_000)
     parser.add_argument("--persons", type=int, default=5_000)
     parser.add_argument("--no-prefect", action="store_true", help="run the task functions without the engine")

@@ -119,7 +119,8 @@ def backfill_deal_events(
     except BudgetExhausted as exc:
         report.stopped = (
             f"Pipedrive's daily token budget is exhausted ({exc}); run the same backfill again after the "
-            "reset: it resumes from its checkpoint" + ("" if not dry_run else " (dry runs keep no checkpoint)")
+            "reset: it resumes from its checkpoint"
+            + ("" if not dry_run else " (dry runs keep no checkpoint)")
         )
         log.warning("deal backfill stopped early: %s", report.stopped)
         if not dry_run:

@@ -283,7 +283,9 @@ def _company(rt: Runtime, cache: NameCache, lookups: Lookups) -> None:
 
 def _owners(rt: Runtime, cache: NameCache, wanted: set[int], lookups: Lookups) -> dict[int, str | None]:
     with cache.lock:
-        stale = cache.owners_loaded_at is None or time.monotonic() - cache.owners_loaded_at > cache.persons.ttl
+        stale = (
+            cache.owners_loaded_at is None or time.monotonic() - cache.owners_loaded_at > cache.persons.ttl
+        )
         unknown = bool(wanted - cache.owners.keys())
     if stale or unknown:
         users = rt.pipedrive.list_users()
@@ -416,7 +418,9 @@ def _is_known(known: Mapping[int, set[tuple[str, datetime]]], change: rules.Deal
     return False
 
 
-def enqueue_changes(rt: Runtime, changes: Sequence[rules.DealChange], *, dry_run: bool = False) -> EnqueueSummary:
+def enqueue_changes(
+    rt: Runtime, changes: Sequence[rules.DealChange], *, dry_run: bool = False
+) -> EnqueueSummary:
     """Deal changes → outbox rows with resolved names (nothing written in a dry run)."""
     summary = EnqueueSummary(changes=len(changes))
     fresh: dict[tuple[int, str, datetime], rules.DealChange] = {}
@@ -462,7 +466,9 @@ def enqueue_changes(rt: Runtime, changes: Sequence[rules.DealChange], *, dry_run
         names = rules.Names(
             person_name=person.name,
             org_name=resolved.orgs.get(change.deal.org_id) if change.deal.org_id is not None else None,
-            owner_name=resolved.owners.get(change.deal.owner_id) if change.deal.owner_id is not None else None,
+            owner_name=resolved.owners.get(change.deal.owner_id)
+            if change.deal.owner_id is not None
+            else None,
             company_domain=resolved.company_domain,
         )
         payload = rules.build_payload(
@@ -552,12 +558,16 @@ def resolve_window(since: datetime, until: datetime | None, statuses: Sequence[s
     now_end = rules.whole_second(datetime.now(UTC)) + timedelta(seconds=1)
     until_utc = rules.whole_second(until) if until is not None else now_end
     if until_utc <= since_utc:
-        raise ValueError(f"until ({until_utc:%Y-%m-%d %H:%M:%S}) must be after since ({since_utc:%Y-%m-%d %H:%M:%S})")
+        raise ValueError(
+            f"until ({until_utc:%Y-%m-%d %H:%M:%S}) must be after since ({since_utc:%Y-%m-%d %H:%M:%S})"
+        )
     wanted = list(dict.fromkeys(statuses or ALL_STATUSES))
     unknown = [s for s in wanted if s not in ALL_STATUSES]
     if unknown:
         raise ValueError(f"unknown deal status(es) {', '.join(unknown)}; use {', '.join(ALL_STATUSES)}")
-    return BackfillWindow(since=since_utc, until=until_utc, statuses=wanted, include_archived=include_archived)
+    return BackfillWindow(
+        since=since_utc, until=until_utc, statuses=wanted, include_archived=include_archived
+    )
 
 
 @task(name="start-deal-backfill", cache_policy=NO_CACHE)
@@ -579,7 +589,9 @@ def start_backfill(window: BackfillWindow, until_given: bool, dry_run: bool) -> 
             log.info("deal backfill: resuming at pass %d after %d pages", position.pass_index, position.pages)
             return position.model_copy(update={"resumed": True})
         if not dry_run:
-            log.info("deal backfill: a checkpoint of another backfill is replaced (it had %s)", saved.get("window"))
+            log.info(
+                "deal backfill: a checkpoint of another backfill is replaced (it had %s)", saved.get("window")
+            )
     return BackfillPosition(window=window)
 
 
@@ -679,7 +691,9 @@ def _wire_size(item: Mapping[str, Any]) -> int:
     return len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
-def size_batches(items: Sequence[Mapping[str, Any]], max_bytes: int = MAX_TRANSACTION_BYTES) -> list[list[int]]:
+def size_batches(
+    items: Sequence[Mapping[str, Any]], max_bytes: int = MAX_TRANSACTION_BYTES
+) -> list[list[int]]:
     """Indexes grouped so each JSON array stays ≤ ``max_bytes`` (one request each)."""
     batches: list[list[int]] = []
     current: list[int] = []
@@ -705,7 +719,9 @@ class _Sender:
         self.summary = SendSummary()
         self.dead_after = rt.settings.outbox_dead_after_attempts
 
-    def fail(self, row: OutboxEvent, reason: str, *, dead_now: bool = False, not_in_maileon: bool = False) -> None:
+    def fail(
+        self, row: OutboxEvent, reason: str, *, dead_now: bool = False, not_in_maileon: bool = False
+    ) -> None:
         status = self.rt.store.outbox_mark_failed(row.key, reason, 1 if dead_now else self.dead_after)
         _add(self.summary.reasons, _short(reason))
         if status == "dead":
@@ -797,7 +813,9 @@ class _Sender:
             self._fail_all([rows[i] for i in pending],
                            f"ambiguous failure ({exc}); recent transactions unreadable ({probe_exc})")  # fmt: skip
             return None
-        found = [i for i in pending if rules.recorded_key(payloads[i].type_name, payloads[i].content) in recorded]
+        found = [
+            i for i in pending if rules.recorded_key(payloads[i].type_name, payloads[i].content) in recorded
+        ]
         self.sent([rows[i] for i in found], [None] * len(found))
         self.summary.found_recorded += len(found)
         log.warning(

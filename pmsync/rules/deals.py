@@ -145,7 +145,9 @@ def _attr(item: Any, name: str, default: Any = None) -> Any:
     return item.get(name, default) if isinstance(item, Mapping) else getattr(item, name, default)
 
 
-def check_type(name: str, existing: Iterable[Any], wanted: Iterable[AttributeDef] = DEAL_EVENT_ATTRIBUTES) -> TypeCheck:
+def check_type(
+    name: str, existing: Iterable[Any], wanted: Iterable[AttributeDef] = DEAL_EVENT_ATTRIBUTES
+) -> TypeCheck:
     """Compare an existing type's attributes (objects or dicts with ``name``, ``type``, ``required``)
     with the wanted ones."""
     have = {str(_attr(a, "name")): a for a in existing}

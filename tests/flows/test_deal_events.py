@@ -51,7 +51,9 @@ def rt(pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path) -> Iter
 
 
 @pytest.fixture
-def flow_rt(pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path, prefect_api: None) -> Iterator[Runtime]:
+def flow_rt(
+    pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path, prefect_api: None
+) -> Iterator[Runtime]:
     runtime = _runtime(pipedrive_sim, maileon_sim, tmp_path)
     with use_runtime(runtime):
         yield runtime
@@ -147,10 +149,19 @@ def drain(rt: Runtime) -> tasks.SendSummary:
 # --------------------------------------------------------------------------------- types
 
 
-def test_setup_creates_missing_types_extends_incomplete_ones_and_reports_conflicting_ones_untouched(rt: Runtime) -> None:
+def test_setup_creates_missing_types_extends_incomplete_ones_and_reports_conflicting_ones_untouched(
+    rt: Runtime,
+) -> None:
     ml = rt.maileon
-    ml.create_transaction_type(TransactionType(name="pipedrive_deal_updated", attributes=[
-        TransactionAttribute(name="deal_id", type="integer"), TransactionAttribute(name="title", type="string")]))
+    ml.create_transaction_type(
+        TransactionType(
+            name="pipedrive_deal_updated",
+            attributes=[
+                TransactionAttribute(name="deal_id", type="integer"),
+                TransactionAttribute(name="title", type="string"),
+            ],
+        )
+    )
     ml.create_transaction_type(TransactionType(name="pipedrive_deal_deleted", attributes=[
         TransactionAttribute(name=n, type="string" if n == "value" else t)
         for n, t in [(a.name, a.type) for a in rules.DEAL_EVENT_ATTRIBUTES]]))  # fmt: skip
@@ -160,13 +171,19 @@ def test_setup_creates_missing_types_extends_incomplete_ones_and_reports_conflic
     assert report.created == ["pipedrive_deal_added"]
     assert report.extended == {"pipedrive_deal_updated": [a.name for a in rules.DEAL_EVENT_ATTRIBUTES[2:]]}
     assert list(report.conflicts) == ["pipedrive_deal_deleted"] and not report.ok
-    assert "pipedrive_deal_deleted.value is of type string in Maileon, pmsync needs integer" in report.describe()
+    assert (
+        "pipedrive_deal_deleted.value is of type string in Maileon, pmsync needs integer" in report.describe()
+    )
     for name in ("pipedrive_deal_added", "pipedrive_deal_updated"):
         stored = ml.get_transaction_type(name)
         assert stored is not None
-        assert [(a.name, a.type) for a in stored.attributes] == [(a.name, a.type) for a in rules.DEAL_EVENT_ATTRIBUTES]
+        assert [(a.name, a.type) for a in stored.attributes] == [
+            (a.name, a.type) for a in rules.DEAL_EVENT_ATTRIBUTES
+        ]
     deleted = ml.get_transaction_type("pipedrive_deal_deleted")
-    assert deleted is not None and {a.name: a.type for a in deleted.attributes}["value"] == "string"  # left alone
+    assert (
+        deleted is not None and {a.name: a.type for a in deleted.attributes}["value"] == "string"
+    )  # left alone
     assert tasks.ensure_types(rt).created == []  # idempotent
 
 
@@ -183,7 +200,11 @@ def test_events_of_a_kind_whose_type_conflicts_are_dead_lettered_with_the_confli
     sent = drain(rt)
     assert sent.dead == 1 and maileon_events(maileon_sim) == []
     [letter] = tasks.dead_letters(rt)
-    assert letter.reason is not None and "type conflict" in letter.reason and "deal_id is of type string" in letter.reason
+    assert (
+        letter.reason is not None
+        and "type conflict" in letter.reason
+        and "deal_id is of type string" in letter.reason
+    )
 
 
 # --------------------------------------------------------------------------------- exactly once under failures
@@ -260,7 +281,10 @@ def test_with_skip_persons_unknown_to_maileon_are_dead_lettered_as_skipped_and_a
         assert commands.redrive([letter.key], send=False) == 0
         assert "Re-drove 1 dead letter(s)" in capsys.readouterr().out
         assert drain(runtime).sent == 1
-        assert sorted(e["email"] for e in maileon_events(maileon_sim)) == ["ann@example.org", "bob.example@example.org"]
+        assert sorted(e["email"] for e in maileon_events(maileon_sim)) == [
+            "ann@example.org",
+            "bob.example@example.org",
+        ]
         assert commands.redrive([letter.key], send=False) == 0  # nothing dead any more: a no-op
         assert "were not dead letters" in capsys.readouterr().out
     runtime.close()
@@ -290,11 +314,13 @@ def test_deals_without_person_or_usable_email_are_skipped_and_counted_and_unsubs
     assert int(contact["permission"]) == 1  # created by the event, with no marketing permission
     [letter] = tasks.dead_letters(rt)
     assert letter.reason is not None and "unsubscribed (not re-created)" in letter.reason
-    assert httpx.get(maileon_sim.base_url.removesuffix("/1.0") + "/_sim/contacts/gone@example.org").status_code == 404
+    assert (
+        httpx.get(maileon_sim.base_url.removesuffix("/1.0") + "/_sim/contacts/gone@example.org").status_code
+        == 404
+    )
 
 
 # --------------------------------------------------------------------------------- webhooks (flows)
-
 
 
 def _deal_story(pd: SimHandle) -> dict[str, int]:
@@ -353,9 +379,13 @@ def test_each_deal_change_fired_as_webhooks_yields_exactly_one_event_despite_dup
         "cc_email": f"pmsync-sim+deal{ids['upgrade']}@pipedrivemail.com", "expected_close_date": "2026-04-30",
         "timestamp": won["content"]["timestamp"],
     }  # fmt: skip
-    assert by_key[("pipedrive_deal_added", "open", 1235)]["content"]["org_name"] == "Acme GmbH"  # 1234.5 → 1235
+    assert (
+        by_key[("pipedrive_deal_added", "open", 1235)]["content"]["org_name"] == "Acme GmbH"
+    )  # 1234.5 → 1235
     deleted = by_key[("pipedrive_deal_deleted", "deleted", 100)]  # 99.5 → 100, sent from `previous`
-    assert deleted["content"]["title"] == "Renewal 2027" and deleted["content"]["person_name"] == "Bob Example"
+    assert (
+        deleted["content"]["title"] == "Renewal 2027" and deleted["content"]["person_name"] == "Bob Example"
+    )
     assert deleted["content"]["currency"] == "USD"
 
 

@@ -48,7 +48,11 @@ def webhook(action: str, data: dict[str, Any] | None, previous: dict[str, Any] |
 
 def test_the_three_types_carry_exactly_the_seeds_attributes_and_none_is_required() -> None:
     types = rules.wanted_types()
-    assert [t.name for t in types] == ["pipedrive_deal_added", "pipedrive_deal_updated", "pipedrive_deal_deleted"]
+    assert [t.name for t in types] == [
+        "pipedrive_deal_added",
+        "pipedrive_deal_updated",
+        "pipedrive_deal_deleted",
+    ]
     for t in types:
         assert [(a.name, a.type) for a in t.attributes] == SEED_ATTRIBUTES
         assert not any(a.required for a in t.attributes)
@@ -77,7 +81,9 @@ def test_required_attributes_conflict_but_optional_extra_ones_are_harmless() -> 
     check = rules.check_type("pipedrive_deal_added", existing)
     assert check.extra == ["note", "sku"]
     assert len(check.conflicts) == 2
-    assert "org_name is required" in check.conflicts[0] and "sku is a required attribute" in check.conflicts[1]
+    assert (
+        "org_name is required" in check.conflicts[0] and "sku is a required attribute" in check.conflicts[1]
+    )
 
 
 def test_a_type_as_pmsync_made_it_is_complete() -> None:
@@ -93,14 +99,18 @@ def test_a_type_as_pmsync_made_it_is_complete() -> None:
     [(1234.5, 1235), (1234.49, 1234), (2.675, 3), (0.5, 1), (0.49, 0), (-2.5, -3), (200, 200), ("12.50", 13),
      (None, None), ("", None), (float("nan"), None), (1e12, 2**31 - 1), (-1e12, -(2**31))],
 )  # fmt: skip
-def test_value_is_whole_units_rounded_half_away_from_zero_and_clamped_to_32_bits(value: Any, whole: int | None) -> None:
+def test_value_is_whole_units_rounded_half_away_from_zero_and_clamped_to_32_bits(
+    value: Any, whole: int | None
+) -> None:
     assert rules.whole_units(value) == whole
 
 
 def test_the_exact_amount_is_kept_beside_the_event_in_the_outbox_payload() -> None:
     change = rules.change_from_webhook(webhook("create", deal_wire(value=1234.56), None)).change
     assert change is not None
-    payload = rules.build_payload(change, rules.Names(), email="a@b.de", external_id=None, import_contact=True)
+    payload = rules.build_payload(
+        change, rules.Names(), email="a@b.de", external_id=None, import_contact=True
+    )
     assert payload.content["value"] == 1235 and payload.exact_value == "1234.56"
     assert rules.exact_value(200.0) == "200" and rules.exact_value(None) is None
 
@@ -109,7 +119,9 @@ def test_the_exact_amount_is_kept_beside_the_event_in_the_outbox_payload() -> No
 
 
 def test_create_is_an_added_event_keyed_at_the_deals_add_time() -> None:
-    verdict = rules.change_from_webhook(webhook("create", deal_wire(update_time="2026-03-01T09:00:00Z"), None))
+    verdict = rules.change_from_webhook(
+        webhook("create", deal_wire(update_time="2026-03-01T09:00:00Z"), None)
+    )
     assert verdict.change is not None
     assert verdict.change.key == (42, "added", T0)
 
@@ -139,7 +151,9 @@ def test_a_duplicate_delivery_has_the_same_key_whatever_its_delivery_id_and_atte
 
 
 def test_a_backfill_derives_the_same_keys_as_the_webhooks_of_the_same_changes() -> None:
-    created = rules.change_from_webhook(webhook("create", deal_wire(update_time="2026-03-01T09:00:00Z"), None)).change
+    created = rules.change_from_webhook(
+        webhook("create", deal_wire(update_time="2026-03-01T09:00:00Z"), None)
+    ).change
     changed = rules.change_from_webhook(webhook("change", deal_wire(), {"status": "open"})).change
     assert created is not None and changed is not None
     now = rules.DealSnapshot.model_validate(deal_wire())
@@ -155,16 +169,20 @@ def test_a_backfill_derives_the_same_keys_as_the_webhooks_of_the_same_changes() 
     assert rules.changes_from_deal(gone, since=datetime(2026, 3, 2, tzinfo=UTC))[-1].key == deletion.key
 
 
-def test_a_backfill_sends_added_only_for_deals_added_inside_the_window_and_updated_only_after_a_change() -> None:
+def test_a_backfill_sends_added_only_for_deals_added_inside_the_window_and_updated_only_after_a_change() -> (
+    None
+):
     deal = rules.DealSnapshot.model_validate(deal_wire())
     since_after_add = datetime(2026, 3, 2, tzinfo=UTC)
     assert [c.kind for c in rules.changes_from_deal(deal, since_after_add)] == [EventKind.UPDATED]
     untouched = rules.DealSnapshot.model_validate(deal_wire(update_time="2026-03-01T09:00:00.400Z"))
-    assert [c.kind for c in rules.changes_from_deal(untouched, datetime(2026, 1, 1, tzinfo=UTC))] == [EventKind.ADDED]
-    until_is_exclusive = datetime(2026, 3, 2, 10, 30, 15, tzinfo=UTC)
-    assert [c.kind for c in rules.changes_from_deal(deal, datetime(2026, 1, 1, tzinfo=UTC), until_is_exclusive)] == [
+    assert [c.kind for c in rules.changes_from_deal(untouched, datetime(2026, 1, 1, tzinfo=UTC))] == [
         EventKind.ADDED
     ]
+    until_is_exclusive = datetime(2026, 3, 2, 10, 30, 15, tzinfo=UTC)
+    assert [
+        c.kind for c in rules.changes_from_deal(deal, datetime(2026, 1, 1, tzinfo=UTC), until_is_exclusive)
+    ] == [EventKind.ADDED]
 
 
 def test_a_deleted_deal_in_a_backfill_makes_a_deleted_event_not_an_updated_one() -> None:
@@ -202,7 +220,9 @@ def test_a_delete_body_without_an_id_in_previous_takes_the_entity_id_of_meta() -
 def test_content_has_exactly_the_seeds_attributes_with_names_resolved_and_absent_values_left_out() -> None:
     change = rules.change_from_webhook(webhook("change", deal_wire(), {})).change
     assert change is not None
-    names = rules.Names(person_name="Ann Example", org_name="Acme", owner_name="Kim Novak", company_domain="acme")
+    names = rules.Names(
+        person_name="Ann Example", org_name="Acme", owner_name="Kim Novak", company_domain="acme"
+    )
     content = rules.event_content(change, names)
     assert content == {
         "deal_id": 42, "title": "Acme — Upgrade", "value": 1235, "currency": "EUR", "status": "open",
@@ -210,7 +230,9 @@ def test_content_has_exactly_the_seeds_attributes_with_names_resolved_and_absent
         "cc_email": "acme+deal42@pipedrivemail.com", "expected_close_date": "2026-04-30",
         "timestamp": "2026-03-02 10:30:15",
     }  # fmt: skip
-    bare = rules.change_from_webhook(webhook("change", deal_wire(org_id=None, expected_close_date=None, value=None), {}))
+    bare = rules.change_from_webhook(
+        webhook("change", deal_wire(org_id=None, expected_close_date=None, value=None), {})
+    )
     assert bare.change is not None
     assert set(rules.event_content(bare.change, rules.Names())) == {"deal_id", "title", "currency", "status",
                                                                      "timestamp"}  # fmt: skip
@@ -218,21 +240,27 @@ def test_content_has_exactly_the_seeds_attributes_with_names_resolved_and_absent
 
 
 def test_a_smart_bcc_address_from_the_api_wins_over_the_derived_one_and_long_titles_are_cut() -> None:
-    deal = rules.DealSnapshot.model_validate(deal_wire(smart_bcc_email="real+deal42@pipedrivemail.com", title="x" * 1500))
+    deal = rules.DealSnapshot.model_validate(
+        deal_wire(smart_bcc_email="real+deal42@pipedrivemail.com", title="x" * 1500)
+    )
     change = rules.DealChange(kind=EventKind.UPDATED, deal=deal, at=T0)
     content = rules.event_content(change, rules.Names(company_domain="other"))
     assert content["cc_email"] == "real+deal42@pipedrivemail.com"
     assert len(content["title"]) == 1000
 
 
-def test_an_event_for_an_unknown_person_imports_the_contact_at_permission_none_with_pmsyncs_external_id() -> None:
+def test_an_event_for_an_unknown_person_imports_the_contact_at_permission_none_with_pmsyncs_external_id() -> (
+    None
+):
     change = rules.change_from_webhook(webhook("create", deal_wire(), None)).change
     assert change is not None
     payload = rules.build_payload(change, rules.Names(), email="ann@example.org", external_id="pd:1:11",
                                   import_contact=True)  # fmt: skip
     item = payload.transaction()
     assert item["typeName"] == "pipedrive_deal_added"
-    assert item["import"] == {"contact": {"email": "ann@example.org", "permission": 1, "external_id": "pd:1:11"}}
+    assert item["import"] == {
+        "contact": {"email": "ann@example.org", "permission": 1, "external_id": "pd:1:11"}
+    }
     assert "contact" not in item
     only_existing = payload.model_copy(update={"import_contact": False}).transaction()
     assert only_existing["contact"] == {"email": "ann@example.org"} and "import" not in only_existing
