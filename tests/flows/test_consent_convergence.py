@@ -137,6 +137,7 @@ def fresh(world: World, db: Path) -> World:
     return new
 
 
+@pytest.mark.timeout(120 + 30 * EXAMPLES)
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=ops, fault_rate=st.sampled_from([0.0, 0.15, 0.3]))
 # Found by the long profile: a second Subscribe on one person and an opt-out on another, both
