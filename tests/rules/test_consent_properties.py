@@ -40,6 +40,7 @@ NL = Newsletter
 MS = MarketingStatus
 #: Default 600 examples (a few seconds); raise it for a deep run, e.g. PMSYNC_CONSENT_EXAMPLES=50000.
 EXAMPLES = int(os.environ.get("PMSYNC_CONSENT_EXAMPLES", "600"))
+STEPS = int(os.environ.get("PMSYNC_CONSENT_STEPS", "30"))
 
 person_idx = st.integers(min_value=0, max_value=3)
 steps = st.one_of(
@@ -171,7 +172,7 @@ def run(w: World, script: list[tuple]) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    script=st.lists(steps, min_size=1, max_size=30),
+    script=st.lists(steps, min_size=1, max_size=STEPS),
     persons=st.integers(min_value=1, max_value=3),
     campaigns=st.booleans(),
     confirmations_dated=st.booleans(),
