@@ -157,3 +157,22 @@ def maileon_custom_field_types(account: Account) -> dict[str, str]:
     for name in account.custom_field_names:
         types[name] = maileon_type_for(by_name[name].field_type)
     return types
+
+
+def ensure_maileon_custom_fields(rt: Runtime, account: Account) -> tuple[list[str], list[str]]:
+    """Create the Maileon custom fields pmsync writes where missing (once per process and field set).
+
+    Returns (created, already present). A field configured after `pmsync setup` is created by the
+    next run instead of being silently dropped by Maileon.
+    """
+    wanted = maileon_custom_field_types(account)
+    if rt.cache.get("maileon_fields") == set(wanted):
+        return [], sorted(wanted)
+    existing = {f.name for f in rt.maileon.list_custom_fields()}
+    created = []
+    for name, kind in wanted.items():
+        if name not in existing:
+            rt.maileon.ensure_custom_field(name, kind)
+            created.append(name)
+    rt.cache["maileon_fields"] = set(wanted)
+    return created, sorted(existing)

@@ -28,7 +28,7 @@ from pmsync.rules.mapping import fingerprint, map_person
 from pmsync.rules.newsletter import Newsletter
 from pmsync.rules.status import MarketingStatus, is_valid_email, normalize_email
 from pmsync.rules.views import LastState, MaileonView, Permission, PersonView, PipedriveView
-from tasks.account import Account
+from tasks.account import Account, ensure_maileon_custom_fields
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
 
@@ -354,6 +354,8 @@ class Settler:
         batch = {normalize_email(e): s for e, s in batch.items()}
         self.contacts = {normalize_email(e): c for e, c in contacts.items()} if contacts is not None else None
         emails = list(batch)
+        if not self.dry_run:
+            ensure_maileon_custom_fields(self.rt, self.account)
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
         lasts = self.rt.store.consent_last_states(emails)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.account import load_account, maileon_custom_field_types
+from tasks.account import ensure_maileon_custom_fields, load_account
 from tasks.deals import DealTypesReport, ensure_deal_event_types
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import get_runtime
@@ -33,12 +33,8 @@ def prepare_accounts() -> SetupReport:
     rt.maileon.ping()  # raises ConfigurationError with the specific key problem
     rt.cache.pop("account", None)
     account = load_account(rt, first_setup=True)
-    existing = {f.name for f in rt.maileon.list_custom_fields()}
-    created: list[str] = []
-    for name, kind in maileon_custom_field_types(account).items():
-        if name not in existing:
-            rt.maileon.ensure_custom_field(name, kind)
-            created.append(name)
+    rt.cache.pop("maileon_fields", None)
+    created, existing = ensure_maileon_custom_fields(rt, account)
     return SetupReport(
         pipedrive_company_id=account.company_id,
         pipedrive_user_id=account.api_user_id,
