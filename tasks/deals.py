@@ -382,26 +382,11 @@ def events_from_webhooks(bodies: Sequence[Mapping[str, Any]]) -> WebhookChanges:
 
 
 def known_keys(rt: Runtime, deal_ids: Iterable[int]) -> dict[int, set[tuple[str, datetime]]]:
-    """(kind, time) of every outbox row of the given deals, any status: one read per 500 deals.
-
-    A read-only query over the store's public engine and the outbox model; it belongs in the store
-    (``Store.outbox_keys_for_deals``) and moves there when the store grows it.
-    """
-    from sqlalchemy import select
-
-    from connectors.store.models import table_of
-
-    table = table_of(OutboxEvent)
-    ids = sorted(set(deal_ids))
-    found: dict[int, set[tuple[str, datetime]]] = {}
-    for start in range(0, len(ids), 500):
-        stmt = select(table.c.deal_id, table.c.kind, table.c.deal_update_time).where(
-            table.c.deal_id.in_(ids[start : start + 500])
-        )
-        with rt.store.engine.connect() as conn:
-            for deal_id, kind, at in conn.execute(stmt):
-                found.setdefault(int(deal_id), set()).add((str(kind), rules.whole_second(at)))
-    return found
+    """(kind, whole-second time) of every outbox row of the given deals, any status."""
+    return {
+        deal_id: {(kind, rules.whole_second(at)) for kind, at in keys}
+        for deal_id, keys in rt.store.outbox_keys_for_deals(deal_ids).items()
+    }
 
 
 def _is_known(known: Mapping[int, set[tuple[str, datetime]]], change: rules.DealChange) -> bool:

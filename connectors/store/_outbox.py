@@ -164,6 +164,19 @@ class OutboxOps(StoreBase):
             row = conn.execute(stmt).first()
         return OutboxEvent(**row._mapping) if row else None
 
+    def outbox_keys_for_deals(self, deal_ids: Iterable[int]) -> dict[int, set[tuple[str, datetime]]]:
+        """(kind, deal_update_time) of every outbox row of the given deals, any status (500 per read)."""
+        ids = sorted({int(i) for i in deal_ids})
+        found: dict[int, set[tuple[str, datetime]]] = {}
+        for start in range(0, len(ids), 500):
+            stmt = select(_OUTBOX.c.deal_id, _OUTBOX.c.kind, _OUTBOX.c.deal_update_time).where(
+                _OUTBOX.c.deal_id.in_(ids[start : start + 500])
+            )
+            with self._read() as conn:
+                for deal_id, kind, at in conn.execute(stmt):
+                    found.setdefault(int(deal_id), set()).add((str(kind), at))
+        return found
+
     def deadletters(self, limit: int | None = None) -> list[OutboxEvent]:
         """Events that exhausted their attempts, oldest first."""
         stmt = select(_OUTBOX).where(_OUTBOX.c.status == _DEAD).order_by(_OUTBOX.c.created_at, _OUTBOX.c.id)
