@@ -19,7 +19,6 @@ Consent repairs go through the consent-sync settle task (``tasks.consent.settle_
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -249,8 +248,9 @@ def read_person_pages(plan: Plan, cursor: str | None, last_id: int, first_of_run
     rt = get_runtime()
     account = plan.account
     out = PersonChunk(frame=diff.empty_persons(), cursor=cursor, last_id=last_id)
-    columns: dict[str, list[Any]] = {c: [] for c in diff.PERSON_COLUMNS}
+    frames: list[pd.DataFrame] = []
     custom_keys = [account.newsletter.key, *_configured_keys(account)][:15]
+    reader = _PageReader(rt, plan, out.last_id)
     for _ in range(PD_PAGES_PER_TASK):
         if (out.pages or not first_of_run) and not plan.budget.allows(rt, PAGE_TOKENS):
             out.stopped = "token_cap"
@@ -265,13 +265,14 @@ def read_person_pages(plan: Plan, cursor: str | None, last_id: int, first_of_run
             out.stopped = "budget_exhausted"
             break
         final = not page.next_cursor
-        _person_page(rt, plan, page.items, out, columns, final)
+        frames.append(reader.page(page.items, out, final))
         out.pages += 1
         out.cursor = page.next_cursor
         if final:
             out.done = True
             break
-    out.frame = diff.persons_frame(columns)
+    if frames:
+        out.frame = pd.concat(frames, ignore_index=True)
     if not plan.dry_run:
         _save_checkpoint(rt, plan, out)
     return out
@@ -282,103 +283,154 @@ def _configured_keys(account: Account) -> list[str]:
     return [d.key for d in account.field_defs if d.name in names]
 
 
-def _person_page(rt: Runtime, plan: Plan, persons: Sequence[Person], out: PersonChunk,
-                 columns: dict[str, list[Any]], final: bool) -> None:
-    account = plan.account
-    live = [p for p in persons if not p.is_deleted]
-    gone = [p.id for p in persons if p.is_deleted]
-    if plan.sort_by == "id":
-        upper = None if final else max((p.id for p in persons), default=out.last_id)
-        before = _snapshot_range(rt, out.last_id, upper)
-        listed = {p.id for p in live}
-        gone += [pid for pid in before if pid not in listed]
-        if upper is not None:
-            out.last_id = upper
-    else:
-        before = rt.store.snapshot_get_many(p.id for p in persons)
-    out.scanned += len(persons)
-
-    emails = [primary_email(p) for p in live]
-    newsletters = [_newsletter(account, p) for p in live]
-    statuses = [str(p.marketing_status) if account.campaigns_enabled and p.marketing_status is not None else None
-                for p in live]
-    raws = diff.text_hashes([_raw_inputs(account, p, e) for p, e in zip(live, emails, strict=True)]) \
-        if live else np.zeros(0, np.uint64)
-    exp = np.zeros(len(live), np.uint64)
-    fmask = np.zeros(len(live), np.uint16)
-    remap: list[int] = []
-    for i, p in enumerate(live):
-        old = before.get(p.id)
-        stored = _parse_hash(old.fields_hash if old else None)
-        if stored is not None and stored[0] == int(raws[i]):
-            exp[i], fmask[i] = stored[1], stored[2]
-        elif emails[i] is not None:
-            remap.append(i)
-    if remap:
-        orgs = _org_names(rt, plan, {oid for i in remap if (oid := live[i].org_id)})
-        rows = [_texts(plan, live[i], emails[i] or "", orgs) for i in remap]
-        digests, masks, _ = diff.fingerprints(rows, len(plan.fields))
-        exp[remap], fmask[remap] = digests, masks
-        out.mapped += len(remap)
-
-    upserts: list[SnapshotRow] = []
-    for i, p in enumerate(live):
-        fields_hash = f"{int(raws[i]):016x}{int(exp[i]):016x}{int(fmask[i]):04x}"
-        old = before.get(p.id)
-        if old is None:
-            out.new += 1
-        elif (old.email, old.newsletter, old.marketing_status) != (emails[i], newsletters[i], statuses[i]):
-            out.changed_consent += 1
-        elif old.fields_hash != fields_hash:
-            out.changed_fields += 1
-        if old is None or (old.email, old.newsletter, old.marketing_status, old.fields_hash) != (
-                emails[i], newsletters[i], statuses[i], fields_hash):
-            upserts.append(SnapshotRow(person_id=p.id, email=emails[i], newsletter=newsletters[i],
-                                       marketing_status=statuses[i], fields_hash=fields_hash))
-        columns["person_id"].append(p.id)
-        columns["email"].append(emails[i])
-        columns["newsletter"].append(diff.newsletter_code(newsletters[i]))
-        columns["marketing_status"].append(diff.status_code(statuses[i]))
-        columns["exp"].append(exp[i])
-        columns["mask"].append(fmask[i])
-    out.gone.extend(gone)
-    if not plan.dry_run:
-        if upserts:
-            rt.store.snapshot_upsert_many(upserts)
-        if gone:
-            rt.store.snapshot_delete(gone)
+Stored = tuple[str | None, str | None, str | None, str | None]  # email, newsletter, status, fields_hash
 
 
-def _snapshot_range(rt: Runtime, after: int, upper: int | None) -> dict[int, SnapshotRow]:
-    """Snapshot rows with ``after < person_id <= upper`` (``upper`` None: to the end)."""
-    found: dict[int, SnapshotRow] = {}
-    for chunk in rt.store.snapshot_iter(chunk_size=PD_PAGE_LIMIT * 2, after_person_id=after):
-        for row in chunk:
-            if upper is not None and row.person_id > upper:
+class _SnapshotCursor:
+    """The snapshot in person-id order, read in chunks alongside id-ordered pages (a merge join):
+    one query per few thousand persons instead of one per page, no row objects."""
+
+    CHUNK = 5_000
+
+    def __init__(self, rt: Runtime, after: int) -> None:
+        self.frames = rt.store.snapshot_frames(chunk_size=self.CHUNK, after_person_id=after,
+                                               columns=["email", "newsletter", "marketing_status", "fields_hash"])
+        self.ids: np.ndarray = np.zeros(0, np.int64)
+        self.rows: list[Stored] = []
+        self.pos = 0
+        self.exhausted = False
+
+    def take(self, upper: int | None) -> dict[int, Stored]:
+        """Rows up to ``upper`` (inclusive; None: all that remain) not taken yet."""
+        found: dict[int, Stored] = {}
+        while True:
+            if self.pos >= len(self.ids) and not self._load():
                 return found
-            found[row.person_id] = row
-    return found
+            end = len(self.ids) if upper is None else int(np.searchsorted(self.ids, upper, side="right"))
+            found.update(zip(self.ids[self.pos:end].tolist(), self.rows[self.pos:end], strict=True))
+            self.pos = max(self.pos, end)
+            if self.pos < len(self.ids):
+                return found
+
+    def _load(self) -> bool:
+        if self.exhausted:
+            return False
+        frame = next(self.frames, None)
+        if frame is None:
+            self.exhausted = True
+            return False
+        cols = [_objects(frame[c]) for c in ("email", "newsletter", "marketing_status", "fields_hash")]
+        self.ids = frame["person_id"].to_numpy(dtype=np.int64)
+        self.rows = list(zip(*cols, strict=True))
+        self.pos = 0
+        return True
 
 
-def _newsletter(account: Account, person: Person) -> str | None:
-    try:
-        value = account.newsletter.value_of(person.custom_fields.get(account.newsletter.key))
-    except ValueError as exc:
-        log.warning("person %s: %s", person.id, exc)
-        return None
-    return value.value if value is not None else None
+def _objects(series: pd.Series) -> list[Any]:
+    """A nullable column as Python objects, missing values as None."""
+    return series.astype(object).where(series.notna(), None).tolist()
 
 
-def _raw_inputs(account: Account, person: Person, email: str | None) -> str:
-    """Everything ``map_person`` reads, with the organization as its id (names cost calls)."""
-    owner = account.owners.get(person.owner_id or -1)
-    custom = {k: person.custom_fields.get(k) for k in _configured_keys(account)}
-    return json.dumps(
-        [account.company_id, email, person.name, person.first_name, person.last_name, person.org_id,
-         person.owner_id, owner.name if owner else None, owner.email if owner else None, custom,
-         account.custom_field_names],
-        sort_keys=True, default=str, separators=(",", ":"),
-    )
+class _PageReader:
+    """Turns person pages into compact rows, snapshot updates and gone persons (one task's pages)."""
+
+    def __init__(self, rt: Runtime, plan: Plan, last_id: int) -> None:
+        self.rt, self.plan = rt, plan
+        account = plan.account
+        self.snapshot = _SnapshotCursor(rt, last_id) if plan.sort_by == "id" else None
+        self.labels = {str(option_id): label for label, option_id in account.newsletter.option_ids.items()}
+        self.owners = {oid: f"{o.name}\x1f{o.email}" for oid, o in account.owners.items()}
+        self.custom_keys = _configured_keys(account)
+        self.prefix = f"{account.company_id}\x1f{account.custom_field_names!r}\x1f"
+
+    def page(self, persons: Sequence[Person], out: PersonChunk, final: bool) -> pd.DataFrame:
+        rt, plan, account = self.rt, self.plan, self.plan.account
+        live = [p for p in persons if not p.is_deleted]
+        gone = [p.id for p in persons if p.is_deleted]
+        before: dict[int, Stored]
+        if self.snapshot is not None:
+            upper = None if final else max((p.id for p in persons), default=out.last_id)
+            before = self.snapshot.take(upper)
+            listed = {p.id for p in live}
+            gone += [pid for pid in before if pid not in listed]
+            if upper is not None:
+                out.last_id = upper
+        else:
+            before = {r.person_id: (r.email, r.newsletter, r.marketing_status, r.fields_hash)
+                      for r in rt.store.snapshot_get_many(p.id for p in persons).values()}
+        out.scanned += len(persons)
+
+        emails = [primary_email(p) for p in live]
+        newsletters = [self._newsletter(p) for p in live]
+        statuses = [str(p.marketing_status) if account.campaigns_enabled and p.marketing_status is not None
+                    else None for p in live]
+        raws = diff.text_hashes([self._raw(p, e) for p, e in zip(live, emails, strict=True)]) \
+            if live else np.zeros(0, np.uint64)
+        exp = np.zeros(len(live), np.uint64)
+        fmask = np.zeros(len(live), np.uint16)
+        remap: list[int] = []
+        for i, p in enumerate(live):
+            old = before.get(p.id)
+            stored = _parse_hash(old[3] if old else None)
+            if stored is not None and stored[0] == int(raws[i]):
+                exp[i], fmask[i] = stored[1], stored[2]
+            elif emails[i] is not None:
+                remap.append(i)
+        if remap:
+            orgs = _org_names(rt, plan, {oid for i in remap if (oid := live[i].org_id)})
+            rows = [_texts(plan, live[i], emails[i] or "", orgs) for i in remap]
+            digests, masks, _ = diff.fingerprints(rows, len(plan.fields))
+            exp[remap], fmask[remap] = digests, masks
+            out.mapped += len(remap)
+
+        upserts: list[SnapshotRow] = []
+        for i, p in enumerate(live):
+            now = (emails[i], newsletters[i], statuses[i], f"{int(raws[i]):016x}{int(exp[i]):016x}{int(fmask[i]):04x}")
+            old = before.get(p.id)
+            if old == now:
+                continue
+            if old is None:
+                out.new += 1
+            elif old[:3] != now[:3]:
+                out.changed_consent += 1
+            else:
+                out.changed_fields += 1
+            upserts.append(SnapshotRow(person_id=p.id, email=now[0], newsletter=now[1], marketing_status=now[2],
+                                       fields_hash=now[3]))
+        out.gone.extend(gone)
+        if not plan.dry_run:
+            if upserts:
+                rt.store.snapshot_upsert_many(upserts)
+            if gone:
+                rt.store.snapshot_delete(gone)
+        return pd.DataFrame({
+            "person_id": np.fromiter((p.id for p in live), dtype=np.int64, count=len(live)),
+            "email": pd.Series(emails, dtype=object),
+            "newsletter": np.fromiter((diff.newsletter_code(v) for v in newsletters), dtype=np.int8, count=len(live)),
+            "marketing_status": np.fromiter((diff.status_code(v) for v in statuses), dtype=np.int8, count=len(live)),
+            "exp": exp,
+            "mask": fmask,
+        })
+
+    def _newsletter(self, person: Person) -> str | None:
+        raw = person.custom_fields.get(self.plan.account.newsletter.key)
+        if raw is None or raw == "":
+            return None
+        label = self.labels.get(str(raw))
+        if label is not None:
+            return label
+        try:  # a typed value, or a label (not an option id)
+            value = self.plan.account.newsletter.value_of(raw)
+        except ValueError as exc:
+            log.warning("person %s: %s", person.id, exc)
+            return None
+        return value.value if value is not None else None
+
+    def _raw(self, person: Person, email: str | None) -> str:
+        """Everything ``map_person`` reads, with the organization as its id (names cost calls)."""
+        custom = repr([person.custom_fields.get(k) for k in self.custom_keys]) if self.custom_keys else ""
+        return (f"{self.prefix}{email}\x1f{person.name}\x1f{person.first_name}\x1f{person.last_name}\x1f"
+                f"{person.org_id}\x1f{self.owners.get(person.owner_id or -1)}\x1f{custom}")
 
 
 def _parse_hash(value: str | None) -> tuple[int, int, int] | None:
@@ -467,14 +519,24 @@ def known_persons(plan: Plan, fresh: pd.DataFrame, gone: Sequence[int]) -> pd.Da
 
 
 def _compact_snapshot(chunk: pd.DataFrame) -> pd.DataFrame:
-    parsed = [_parse_hash(h if isinstance(h, str) else None) for h in chunk["fields_hash"]]
-    return diff.persons_frame({
+    n = len(chunk)
+    hashes = chunk["fields_hash"].astype(object)
+    ok = hashes.map(lambda h: isinstance(h, str) and len(h) == _HASH_LEN).to_numpy(dtype=bool)
+    exp, fmask = np.zeros(n, np.uint64), np.zeros(n, np.uint16)
+    if ok.any():
+        known = hashes[ok]
+        exp[ok] = np.fromiter((int(h[16:32], 16) for h in known), dtype=np.uint64, count=len(known))
+        fmask[ok] = np.fromiter((int(h[32:], 16) for h in known), dtype=np.uint16, count=len(known))
+    newsletter = {o.value: c for o, c in diff.NEWSLETTER_CODES.items()}
+    status = {s.value: c for s, c in diff.STATUS_CODES.items()}
+    return pd.DataFrame({
         "person_id": chunk["person_id"].to_numpy(dtype=np.int64),
-        "email": [e if isinstance(e, str) else None for e in chunk["email"]],
-        "newsletter": [diff.newsletter_code(v if isinstance(v, str) else None) for v in chunk["newsletter"]],
-        "marketing_status": [diff.status_code(v if isinstance(v, str) else None) for v in chunk["marketing_status"]],
-        "exp": [p[1] if p else 0 for p in parsed],
-        "mask": [p[2] if p else 0 for p in parsed],
+        "email": pd.Series(_objects(chunk["email"]), dtype=object),
+        "newsletter": chunk["newsletter"].astype(object).map(newsletter).fillna(diff.NONE).to_numpy(dtype=np.int8),
+        "marketing_status": chunk["marketing_status"].astype(object).map(status).fillna(diff.NONE)
+        .to_numpy(dtype=np.int8),
+        "exp": exp,
+        "mask": fmask,
     })
 
 
@@ -603,7 +665,7 @@ def find_drift(plan: Plan, persons: pd.DataFrame, contacts: pd.DataFrame, unsubs
 
 class SettleBatch(BaseModel):
     """One batch for the consent rules: signals (an unsubscription the report still knows), the
-    persons sharing each email, and the Maileon contact as listed (so no GET per contact)."""
+    persons sharing each email, and the live Maileon contacts as listed (no GET for those)."""
 
     emails: dict[str, AnySignal | None]
     person_ids: dict[str, list[int]]
@@ -623,7 +685,10 @@ def settle_batches(drift: diff.Drift, size: int) -> Iterator[SettleBatch]:
                 signal = MaileonSignal(kind="unsubscribe", at=at, cause=f"maileon-report:{email}:{at.isoformat()}")
             batch.emails[email] = signal
             batch.person_ids[email] = [int(i) for i in ids]
-            batch.contacts[email] = Contact(email=email, permission=int(permission)) if permission > 0 else None
+            if permission > 0:
+                # a live contact as listed; an email the listing did not find is read fresh by the
+                # settle task (a stale "no contact" could otherwise start a second DOI)
+                batch.contacts[email] = Contact(email=email, permission=int(permission))
         yield batch
 
 
@@ -794,8 +859,10 @@ def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
     report.tokens_spent = plan.budget.spent(rt)
     report.markdown = render(report)
     if not report.dry_run and report.pipedrive.done:
+        # persons: their state is in the snapshot, so drift left now is found again next run
         rt.store.set_watermark(WATERMARK_PERSONS, plan.until or plan.pass_started_at)
-        rt.store.set_watermark(WATERMARK_UNSUBSCRIPTIONS, plan.started_at)
+        if report.status in ("in_sync", "repaired"):  # else re-read the same unsubscriptions next run
+            rt.store.set_watermark(WATERMARK_UNSUBSCRIPTIONS, plan.started_at)
     run_id = _run_id() or plan.run_token
     counts = {"mode": report.mode, "status": report.status, "dry_run": report.dry_run,
               "pipedrive_pages": report.pipedrive.pages, "tokens": report.tokens_spent,
@@ -855,7 +922,7 @@ def render(report: ReconcileReport) -> str:
         f"gone {p.gone} (since the last snapshot)",
         f"- Maileon: {report.maileon_contacts} live contacts in {report.maileon_pages} page(s); "
         f"{report.unsubscriptions} unsubscriptions in {report.unsubscription_pages} page(s)",
-        f"- Tokens: forecast {b.forecast_tokens}, spent {report.tokens_spent}, cap {b.cap or 'none'}"
+        f"- Pipedrive tokens: read forecast {b.forecast_tokens} ({b.forecast_pages} page(s)), spent {report.tokens_spent}, cap {b.cap or 'none'}"
         + (f", daily remaining at start {b.daily_remaining}" if b.daily_remaining is not None else "")
         + f"; API calls: Pipedrive {report.pipedrive_calls}, Maileon {report.maileon_calls}",
     ]
