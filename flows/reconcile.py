@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
+from uuid import UUID
 
 import pandas as pd
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -79,6 +81,7 @@ def _read_pipedrive(plan: Plan) -> tuple[pd.DataFrame, PassSummary]:
     this run did not read (unchanged ones, or a resumed pass's first part) from the snapshot."""
     summary, frames, gone = PassSummary(), [], []
     cursor, last_id, first = plan.cursor, plan.last_id, True
+    progress = cast(UUID, create_progress_artifact(0.0, description="Pipedrive person pages read (of the forecast)"))
     while True:
         chunk = read_person_pages(plan, cursor, last_id, first)
         summary.add(chunk)
@@ -86,6 +89,8 @@ def _read_pipedrive(plan: Plan) -> tuple[pd.DataFrame, PassSummary]:
         gone += chunk.gone
         cursor, last_id, first = chunk.cursor, chunk.last_id, False
         plan = checkpoint_progress(plan, chunk)
+        update_progress_artifact(progress, 100.0 if chunk.done else
+                                 min(99.0, 100.0 * summary.pages / max(plan.budget.forecast_pages, 1)))
         if chunk.done or chunk.stopped:
             break
     if not summary.done:

@@ -14,6 +14,7 @@ import pytest
 import tasks.reconcile as reconcile_tasks
 from connectors.maileon_models import Contact, Permission, SyncMode
 from flows.reconcile import reconcile
+from pmsync.commands.reconcile import reconcile as cli_reconcile
 from pmsync.rules.mapping import map_person
 from pmsync.rules.newsletter import Newsletter
 from tasks.account import load_account
@@ -170,7 +171,7 @@ def test_drift_below_the_threshold_is_repaired_and_the_next_run_finds_nothing_to
 
 
 def test_a_deleted_newsletter_field_is_recreated_reported_loudly_and_the_mass_repair_waits_for_review(
-    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle, capsys: pytest.CaptureFixture[str]
 ) -> None:
     subscribed = [person(pipedrive_sim, rt, f"Sub Scriber{i}", f"sub{i}@example.org", Newsletter.SUBSCRIBED)
                   for i in range(3)]
@@ -181,13 +182,15 @@ def test_a_deleted_newsletter_field_is_recreated_reported_loudly_and_the_mass_re
     assert field_id is not None
     rt.pipedrive.delete_person_field(field_id)
 
-    report = reconcile(mode="full", repair_threshold=0.05)
+    assert cli_reconcile(mode="full", repair_threshold=0.05) == 3          # `pmsync reconcile`: stopped
+    printed = capsys.readouterr().out
 
-    assert report.newsletter_recreated and "WARNING" in report.markdown and "Newsletter" in report.markdown
+    assert "WARNING" in printed and '"Newsletter" was missing' in printed and "STOPPED FOR REVIEW" in printed
     assert load_account(rt).newsletter.field_id not in (None, field_id)  # recreated
-    assert report.status == "braked" and report.repairs.braked
-    assert report.drift.counts["consent_mismatch"] == 3 and report.drift.planned == 3
-    assert report.repairs.settle.emails == 0                              # nothing decided, nothing written
+    run = rt.store.runs(limit=1, flow_name="reconcile")[0]
+    assert run.status == "braked" and run.counts is not None
+    assert run.counts["consent_mismatch"] == 3 and run.counts["planned"] == 3
+    assert "## Repairs" not in printed                                    # nothing decided, nothing written
     assert all(newsletter_of(pipedrive_sim, rt, pid) is None for pid in subscribed)
     assert all(int(maileon(maileon_sim, f"sub{i}@example.org")["permission"]) == 4  # type: ignore[index]
                for i in range(3))
@@ -226,3 +229,10 @@ def test_the_token_cap_and_an_exhausted_daily_budget_pause_at_a_checkpoint_and_l
     assert rt.store.get_checkpoint(reconcile_tasks.CHECKPOINT) is None
     assert rt.store.snapshot_count() == 5
     assert rt.store.get_watermark(reconcile_tasks.WATERMARK_PERSONS) is not None
+
+
+def test_the_command_refuses_a_threshold_outside_zero_to_one_without_running(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_reconcile(repair_threshold=1.5) == 2
+    assert "--repair-threshold" in capsys.readouterr().out
