@@ -275,6 +275,12 @@ class EventForwarder:
         if not self.pending or self._client is None:
             return True
         events = [self.pending[i] for i in range(min(self.batch, len(self.pending)))]
+        now = datetime.now(UTC).isoformat()
+        for event in events:
+            # "occurred" is when Prefect is told (always after the delivery was stored): an event
+            # re-posted after an outage then counts as new for the debounced trigger instead of
+            # falling into a window that has long closed.
+            event["occurred"] = now
         try:
             response = await self._client.post(f"{self.api_url}/events", json=events)
             ok = response.status_code < 300

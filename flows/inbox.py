@@ -51,14 +51,20 @@ class DrainReport(BaseModel):
 
 
 @flow(name="drain-inbox")
-def drain_inbox(batch_size: int = 100, max_batches: int = 50, dry_run: bool = False) -> DrainReport:
-    """Process stored webhooks until the inbox is empty (or ``max_batches`` batches were claimed).
+def drain_inbox(
+    batch_size: int = 100, max_batches: int = 50, dry_run: bool = False, triggered_by: str | None = None
+) -> DrainReport:
+    """Process stored webhooks until the inbox is empty (or `max_batches` passes were made).
 
-    batch_size: deliveries claimed per source and pass (each pass settles them in one or more batches).
-    max_batches: stop after this many passes; the rest waits for the next run.
-    dry_run: decide and report, write nothing, leave every delivery in the inbox.
+    Args:
+        batch_size: Deliveries claimed per source and pass (settled in batches of PMSYNC_BATCH_SIZE emails).
+        max_batches: Stop after this many passes; the rest waits for the next run.
+        dry_run: Decide and report, write nothing, leave every delivery in the inbox.
+        triggered_by: The Prefect event that started this run (filled in by the webhook trigger).
     """
     log = get_run_logger()
+    if triggered_by:
+        log.info("started by %s", triggered_by)
     account = account_facts()
     report = DrainReport(dry_run=dry_run)
     for _ in range(max_batches):

@@ -45,8 +45,9 @@ def _catch_up() -> str:
 def webhook_health(webhook_url: str | None = None, catch_up: bool = True) -> WebhookHealthReport:
     """Re-register missing or banned webhooks; after a repair, reconcile to cover the gap.
 
-    webhook_url: the receiver's public base URL (default: PMSYNC_WEBHOOK_URL).
-    catch_up: start a reconcile when a webhook had to be re-registered.
+    Args:
+        webhook_url: The receiver's public base URL (default: PMSYNC_WEBHOOK_URL).
+        catch_up: Start a reconcile when a webhook had to be re-registered.
     """
     log = get_run_logger()
     report = WebhookHealthReport()

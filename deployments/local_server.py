@@ -1,0 +1,176 @@
+"""A local Prefect server for `pmsync serve` and `pmsync demo` when PREFECT_API_URL is unset.
+
+Prefect's ephemeral mode (no API URL) runs no scheduler — schedules never fire — and loses task-run
+records when the process exits, so pmsync starts a real ``prefect server start`` instead: SQLite
+under ``<state dir>/prefect/`` (``PREFECT_HOME``), its own process group (Ctrl-C in the terminal
+reaches pmsync, which stops the runs first and the server last), output in ``server.log`` there.
+
+::
+
+    with LocalPrefectServer(Path(".pmsync/prefect")) as server:   # ~12 s on a fresh database
+        use_api(server.api_url)                                     # this process and its children
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+DEFAULT_PORT = 4200
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def prefect_command() -> list[str]:
+    """The `prefect` CLI of this interpreter's environment."""
+    script = Path(sys.executable).parent / "prefect"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("prefect")
+    return [found] if found else [sys.executable, "-m", "prefect"]
+
+
+def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class LocalPrefectServer:
+    """``prefect server start`` in a subprocess with SQLite under ``home`` (its PREFECT_HOME)."""
+
+    def __init__(self, home: Path, *, host: str = "127.0.0.1", port: int | None = None, ui: bool = True) -> None:
+        self.home = Path(home).resolve()
+        self.host = host
+        self.port = port if port is not None else (DEFAULT_PORT if port_is_free(DEFAULT_PORT, host) else free_port(host))
+        self.ui = ui
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.home / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        })
+        return env
+
+    def start(self, timeout: float = 120.0) -> LocalPrefectServer:
+        if self.process is not None:
+            return self
+        self.home.mkdir(parents=True, exist_ok=True)
+        args = [*prefect_command(), "server", "start", "--host", self.host, "--port", str(self.port)]
+        if not self.ui:
+            args.append("--no-ui")
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=self.environment(), cwd=self.home, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                self.process = None
+                raise RuntimeError(f"the local Prefect server exited during start-up; its log ({self.log_path}) "
+                                   f"ends with:\n{tail}")
+            if api_healthy(self.api_url, timeout=1.0):
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"the local Prefect server did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn workers
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> LocalPrefectServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def use_api(api_url: str) -> None:
+    """Point this process — and every process it starts — at ``api_url``."""
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_API_URL"] = api_url
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    refresh_global_settings_context()
+
+
+def configured_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+@contextlib.contextmanager
+def prefect_api(state_dir: Path, *, port: int | None = None) -> Iterator[tuple[str, LocalPrefectServer | None]]:
+    """The Prefect API to use: PREFECT_API_URL when set, else a local server under ``state_dir``."""
+    configured = configured_api_url()
+    if configured:
+        yield configured, None
+        return
+    with LocalPrefectServer(state_dir / "prefect", port=port) as server:
+        previous = os.environ.get("PREFECT_API_URL")
+        use_api(server.api_url)
+        try:
+            yield server.api_url, server
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()

@@ -1,0 +1,309 @@
+"""`pmsync serve`: the webhook receiver and every deployment of ``prefect.yaml``, in one process.
+
+The deployments are read from ``prefect.yaml`` — names, entrypoints, parameters, schedules, event
+triggers, concurrency limits, tags — and served from Python (``flow.to_deployment`` + a Prefect
+``Runner``), so the file stays the one description of how runs start. Flow runs execute in
+subprocesses, as with ``prefect.serve``.
+
+One process, three parts, started in this order and stopped in reverse (Ctrl-C or SIGTERM):
+
+1. the Prefect API: PREFECT_API_URL, or a local ``prefect server start`` under ``./.pmsync/prefect``
+   (the ephemeral API runs no scheduler);
+2. the receiver (uvicorn, its own thread): answers webhooks whatever Prefect is doing;
+3. the runner (its own thread and event loop): registers the deployments, polls for runs, starts
+   them. If Prefect becomes unreachable the runner stops; it is restarted with back-off while the
+   receiver keeps storing webhooks, and the drain catches up once Prefect is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployments import fast_start
+from deployments.local_server import LocalPrefectServer, configured_api_url, use_api
+from deployments.receiver import ReceiverServer, create_app
+from pmsync.settings import Settings
+
+log = logging.getLogger("pmsync.serve")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
+#: Seconds between the runner's polls for due runs (Prefect's default, 10 s, would add up to 10 s to
+#: every webhook-triggered run).
+QUERY_SECONDS = 1.0
+
+
+def load_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The ``deployments`` of a prefect.yaml (YAML anchors resolved)."""
+    data = yaml.safe_load(path.read_text())
+    return list(data.get("deployments") or [])
+
+
+def load_flow(entrypoint: str) -> Any:
+    """``flows/inbox.py:drain_inbox`` → the flow object (imported as a module of this project)."""
+    path, _, name = entrypoint.partition(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+def _schedules(spec: dict[str, Any]) -> list[Any]:
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
+
+    out: list[Any] = []
+    for item in spec.get("schedules") or []:
+        if item.get("active") is False:
+            continue
+        tz = item.get("timezone")
+        if "interval" in item:
+            kwargs: dict[str, Any] = {"interval": timedelta(seconds=float(item["interval"]))}
+            if item.get("anchor_date"):
+                kwargs["anchor_date"] = item["anchor_date"]
+            out.append(IntervalSchedule(**kwargs, timezone=tz))
+        elif "cron" in item:
+            out.append(CronSchedule(cron=item["cron"], timezone=tz))
+        elif "rrule" in item:
+            out.append(RRuleSchedule(rrule=item["rrule"], timezone=tz))
+    return out
+
+
+def _triggers(spec: dict[str, Any], debounce_seconds: float | None) -> list[Any]:
+    from prefect.events import DeploymentEventTrigger
+
+    out = []
+    for item in spec.get("triggers") or []:
+        item = dict(item)
+        if debounce_seconds is not None and item.get("type", "event") == "event":
+            item["within"] = timedelta(seconds=debounce_seconds)
+            item["schedule_after"] = timedelta(seconds=debounce_seconds)
+        out.append(DeploymentEventTrigger(**item))
+    return out
+
+
+def deployment_args(
+    path: Path = PREFECT_YAML,
+    *,
+    debounce_seconds: float | None = None,
+    schedules: bool = True,
+    only: set[str] | None = None,
+) -> list[tuple[Any, dict[str, Any]]]:
+    """(flow, deployment options) per entry of ``prefect.yaml`` (``only``: "<flow>/<deployment>" names).
+
+    ``debounce_seconds`` replaces the triggers' ``within`` and ``schedule_after``; ``schedules=False``
+    serves without schedules (the demo runs everything it needs itself). An entrypoint that cannot be
+    imported is skipped with a warning (a flow not installed in this checkout).
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    out = []
+    for spec in load_specs(path):
+        try:
+            flow = load_flow(spec["entrypoint"])
+        except (ImportError, AttributeError) as exc:
+            log.warning("skipping deployment %s (%s): %s", spec.get("name"), spec.get("entrypoint"), exc)
+            continue
+        if only is not None and f"{flow.name}/{spec['name']}" not in only:
+            continue
+        limit = spec.get("concurrency_limit")
+        out.append((flow, {
+            "name": spec["name"],
+            "description": spec.get("description"),
+            "tags": list(spec.get("tags") or []),
+            "parameters": dict(spec.get("parameters") or {}),
+            "schedules": _schedules(spec) if schedules else None,
+            "triggers": _triggers(spec, debounce_seconds),
+            "concurrency_limit": ConcurrencyLimitConfig(**limit) if isinstance(limit, dict) else limit,
+        }))
+    return out
+
+
+def build_deployments(
+    path: Path = PREFECT_YAML,
+    *,
+    debounce_seconds: float | None = None,
+    schedules: bool = True,
+    only: set[str] | None = None,
+) -> list[Any]:
+    """One ``RunnerDeployment`` per entry of ``prefect.yaml`` (what :class:`RunnerThread` serves)."""
+    return [flow.to_deployment(**kwargs) for flow, kwargs in
+            deployment_args(path, debounce_seconds=debounce_seconds, schedules=schedules, only=only)]
+
+
+def _flush_prefect(timeout: float = 5.0) -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
+
+
+class RunnerThread:
+    """A Prefect ``Runner`` serving ``deployments`` ((flow, options) pairs) on its own thread and event
+    loop; restarted with back-off when it stops on its own (Prefect unreachable), stopped for good by
+    :meth:`stop`.
+
+    Deployments are added with ``Runner.aadd_flow``, which keeps the flow object: runs then start with
+    ``run_flow_in_subprocess`` (see ``fast_start``) instead of ``python -m prefect.engine``, which
+    would import everything again for every run.
+    """
+
+    def __init__(self, deployments: list[tuple[Any, dict[str, Any]]], *, query_seconds: float = QUERY_SECONDS, limit: int | None = 4,
+                 pause_on_shutdown: bool = True) -> None:
+        self.deployments = deployments
+        self.query_seconds = query_seconds
+        self.limit = limit
+        self.pause_on_shutdown = pause_on_shutdown
+        self.started = threading.Event()
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: Any = None
+        self._thread = threading.Thread(target=self._main, name="pmsync-runner", daemon=True)
+
+    def start(self, timeout: float = 120.0) -> RunnerThread:
+        self._thread.start()
+        if not self.started.wait(timeout):
+            raise RuntimeError(f"the deployments were not registered with Prefect within {timeout:.0f} s")
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        from prefect.runner import Runner
+
+        self._loop = asyncio.get_running_loop()
+        backoff = 1.0
+        while not self._stop.is_set():
+            runner = Runner(name="pmsync", query_seconds=self.query_seconds, limit=self.limit,
+                            pause_on_shutdown=self.pause_on_shutdown)
+            self._runner = runner
+            try:
+                for flow, options in self.deployments:
+                    await runner.aadd_flow(flow, **options)
+                self.started.set()
+                backoff = 1.0
+                await runner.start()
+            except asyncio.CancelledError:
+                break
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("the Prefect runner stopped (%s: %s); restarting in %.0f s — webhooks are still "
+                            "received and stored", type(exc).__name__, exc, backoff)
+            finally:
+                self._runner = None
+            if self._stop.is_set():
+                break
+            self.restarts += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        loop, runner = self._loop, self._runner
+        if loop is not None and runner is not None and loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(runner.astop(), loop).result(timeout=timeout)
+        self._thread.join(timeout=timeout)
+
+
+class Service:
+    """Everything `pmsync serve` runs; :meth:`start` then :meth:`wait` (or use as a context manager)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        state_dir: Path | None = None,
+        debounce_seconds: float | None = None,
+        schedules: bool = True,
+        only: set[str] | None = None,
+        prefect_port: int | None = None,
+        fast: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.host = host or settings.receiver_host
+        self.port = settings.receiver_port if port is None else port
+        self.state_dir = state_dir or settings.state_dir
+        self.debounce_seconds = settings.webhook_debounce_seconds if debounce_seconds is None else debounce_seconds
+        self.schedules = schedules
+        self.only = only
+        self.prefect_port = prefect_port
+        self.fast = fast
+        self.local_server: LocalPrefectServer | None = None
+        self.receiver: ReceiverServer | None = None
+        self.runner: RunnerThread | None = None
+        self.api_url: str | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> Service:
+        try:
+            if self.fast and fast_start.install():
+                fast_start.warm()  # the fork server imports the flows while Prefect starts
+            self.api_url = configured_api_url()
+            if not self.api_url:
+                self.local_server = LocalPrefectServer(self.state_dir / "prefect", port=self.prefect_port).start()
+                use_api(self.local_server.api_url)
+                self.api_url = self.local_server.api_url
+            self.receiver = ReceiverServer(create_app(self.settings, prefect_api_url=self.api_url),
+                                           host=self.host, port=self.port).start()
+            deployments = deployment_args(debounce_seconds=self.debounce_seconds, schedules=self.schedules,
+                                          only=self.only)
+            self.runner = RunnerThread(deployments).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def ui_url(self) -> str | None:
+        return self.api_url.removesuffix("/api") if self.api_url else None
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def wait(self, duration: float | None = None) -> None:
+        """Block until Ctrl-C / SIGTERM (main thread) or ``duration`` seconds."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        deadline = None if duration is None else time.monotonic() + duration
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        """Runner first (in-flight runs are cancelled, schedules paused), then the receiver (the
+        inbox is durable), then the local Prefect server."""
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        if self.receiver is not None:
+            self.receiver.stop()
+            self.receiver = None
+        fast_start.uninstall()
+        if self.local_server is not None:
+            _flush_prefect()  # logs and events of runs made in this process, while the server is up
+            self.local_server.stop()
+            self.local_server = None
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
