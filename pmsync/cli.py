@@ -85,18 +85,6 @@ def simulate(
     return 0
 
 
-@app.command
-def demo(*, duration: float = 10.0) -> int:
-    """Everything local: seeded simulators, served briefly, with their addresses printed.
-
-    Parameters
-    ----------
-    duration
-        Seconds to keep the simulators up.
-    """
-    return simulate(pipedrive_port=0, maileon_port=0, duration=duration)
-
-
 def _print_story(report: Any) -> None:
     s = report.summary
     verb = "planned" if report.dry_run else "applied"
@@ -108,16 +96,26 @@ def _print_story(report: Any) -> None:
 
 
 @app.command
-def setup() -> int:
-    """Validate both credentials; create the Newsletter person field and pmsync's Maileon custom fields."""
-    from flows.setup import setup as setup_flow
+def setup(*, webhook_url: str | None = None) -> int:
+    """Validate both credentials; create the Newsletter person field and pmsync's Maileon custom fields;
+    register pmsync's webhooks (idempotent: a re-run creates no duplicates).
 
-    report = setup_flow()
+    Parameters
+    ----------
+    webhook_url
+        Public base URL of `pmsync serve`'s receiver (e.g. https://sync.example.com); default
+        PMSYNC_WEBHOOK_URL. Needs PMSYNC_WEBHOOK_PASSWORD and PMSYNC_WEBHOOK_SECRET.
+    """
+    from flows.setup import setup as setup_flow
+    from pmsync.commands.surface import print_webhooks
+
+    report = setup_flow(webhook_url=webhook_url)
     print(f"Pipedrive company {report.pipedrive_company_id}, API user {report.pipedrive_user_id}; "
           f"Campaigns {'on' if report.campaigns_enabled else 'off'}.")
     print(f"Newsletter field {report.newsletter_field_key} "
           f"{'created' if report.newsletter_field_created else 'already present'}.")
     print(f"Maileon custom fields created: {', '.join(report.maileon_fields_created) or 'none (all present)'}.")
+    print_webhooks(report.webhooks)
     return 0
 
 
@@ -232,6 +230,13 @@ app.command(_deals.redrive, name="redrive")
 from pmsync.commands import reconcile as _reconcile  # noqa: E402
 
 app.command(_reconcile.reconcile)
+
+# Prefect surface (issue 6): serve, demo, uninstall.
+from pmsync.commands import surface as _surface  # noqa: E402
+
+app.command(_surface.serve, name="serve")
+app.command(_surface.demo, name="demo")
+app.command(_surface.uninstall, name="uninstall")
 
 
 def main() -> None:
