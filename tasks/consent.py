@@ -365,7 +365,17 @@ class Settler:
             try:
                 next_last = self._settle_one(email, persons.get(email, []), orgs, batch.get(email),
                                              lasts.get(email) or LastState())
+            except PartialFailure as partial:
+                self.summary.failed += 1
+                new_states[email] = partial.last
+                if isinstance(partial.error, BudgetExhausted):
+                    self.rt.store.consent_save_last_states(new_states)
+                    raise partial.error from None
+                log.warning("consent: %s not fully settled this run: %s", mask(email), partial.error)
+                continue
             except BudgetExhausted:
+                if new_states and not self.dry_run:
+                    self.rt.store.consent_save_last_states(new_states)
                 raise
             except (ConnectorError, ValueError) as exc:
                 # One email's failure must not stop the batch: the next run decides again from scratch.
@@ -432,6 +442,7 @@ class Settler:
         decision = rules.decide(pd, ml, last, sig, now=self.now)
         ledger = list(decision.ledger)
         new_last = decision.last
+        ledger_readbacks: list[rules.LedgerEntry] = []
         for action in decision.actions:
             if action.kind in {"skip", "record_only"}:
                 reason = str(getattr(action, "reason", action.kind))
@@ -443,10 +454,18 @@ class Settler:
                                          "mode": "planned" if self.dry_run else "applied"})
             if self.dry_run:
                 continue
-            readback = self._apply(email, action, mapped, new_last)
+            try:
+                readback = self._apply(email, action, mapped, new_last)
+            except (ConnectorError, ValueError) as exc:
+                # Keep what the writes before this one did (above all pmsync's own Maileon
+                # unsubscribe, so it is not mistaken for a person's next time) and their ledger rows.
+                applied = decision.actions[: decision.actions.index(action)]
+                self._record_ledger(_ledger_for_applied(email, applied, self.now) + ledger_readbacks, applied=True)
+                raise PartialFailure(decision.last_after_partial(len(applied)), exc) from exc
             if readback is not None:
                 new_last = readback.last
                 ledger.extend(readback.ledger)
+                ledger_readbacks.extend(readback.ledger)
                 for pid in readback.not_applied:
                     value = readback.last.persons.get(pid)
                     if value and value.marketing_status == MarketingStatus.PENDING_UPGRADE:
@@ -518,6 +537,30 @@ class Settler:
                 "detail": {"event": e.event, "note": e.note, **({"requested": e.old} if e.event == "readback" else {})},
             })
         self.summary.ledger_rows += self.rt.store.ledger_append(rows)
+
+
+class PartialFailure(Exception):
+    """A decision's writes failed after the first ones succeeded: `last` is what to remember."""
+
+    def __init__(self, last: LastState, error: Exception) -> None:
+        super().__init__(str(error))
+        self.last, self.error = last, error
+
+
+def _ledger_for_applied(email: str, actions: Sequence[Any], at: datetime) -> list[rules.LedgerEntry]:
+    """Ledger rows for the writes of a decision that did go through before a later one failed."""
+    rows: list[rules.LedgerEntry] = []
+    for action in actions:
+        common = {"email": email, "event": "planned", "cause": "partial", "at": at, "note": "applied before a failure"}
+        if isinstance(action, rules.UnsubscribeMaileon):
+            rows.append(rules.LedgerEntry(system="maileon", field="permission", new="unsubscribed", **common))
+        elif isinstance(action, rules.CreateMaileonContactWithDOI):
+            rows.append(rules.LedgerEntry(system="maileon", field="permission", new="1 (doi started)",
+                                          person_ids=action.person_ids, **common))
+        elif isinstance(action, rules.SetNewsletter):
+            rows.append(rules.LedgerEntry(system="pipedrive", field="newsletter", new=action.value.value,
+                                          person_ids=action.person_ids, **common))
+    return rows
 
 
 def _contact(mapped: Any) -> Contact:
