@@ -209,6 +209,14 @@ class DemoStack:
         response = httpx.get(f"{self.maileon_url}/_sim/contacts/{email}", timeout=10)
         return response.json() if response.status_code == 200 else None
 
+    def quiet(self) -> bool:
+        """No drain run scheduled or running, nothing in flight from the simulators, inbox empty."""
+        runs = httpx.post(f"{self.service.api_url}/flow_runs/filter", timeout=10, json={
+            "limit": 10, "flows": {"name": {"any_": ["drain-inbox"]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}}).json()
+        idle = self.pipedrive.dispatcher.pending() == 0 and self.maileon.dispatcher.pending() == 0
+        return not runs and idle and self.runtime.store.inbox_pending_count() == 0
+
     def pick_persons(self, count: int) -> list[tuple[int, str]]:
         """Persons with a valid, unshared primary email and no consent state yet."""
         from pmsync.rules.status import is_valid_email, normalize_email
@@ -336,6 +344,8 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
         step(f"Only {len(chosen)} persons fit the demo; continuing with them.")
     emails = dict(chosen)
 
+    # Before each act: wait until the previous one has settled (its echoes included), so that each
+    # act's time is its own.
     # 2. Salespeople set Newsletter=Subscribe → person.change webhooks → DOIs start in Maileon.
     for pid, _ in chosen:
         stack.set_newsletter(pid, "Subscribe")
@@ -345,6 +355,7 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
 
     # 3. Recipients confirm → doi webhooks → Newsletter=Subscribed, marketing_status=subscribed.
     confirming = chosen[:4]
+    wait_for(stack.quiet, timeout=30)
     for _, email in confirming:
         stack.ml("POST", "/_sim/doi/confirm", {"email": email})
     step(f"{len(confirming)} recipients click their DOI link in Maileon …")
@@ -354,6 +365,7 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
 
     # 4. A recipient unsubscribes in Maileon → unsubscription webhook → Pipedrive follows.
     leaver_id, leaver = confirming[0]
+    wait_for(stack.quiet, timeout=30)
     stack.ml("POST", "/_sim/unsubscribe", {"email": leaver, "source": "link"})
     step("A recipient unsubscribes through the link in a mailing …")
     ok &= _expect(step, "Newsletter=Unsubscribed and marketing_status=unsubscribed in Pipedrive", lambda: (
@@ -362,6 +374,7 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
 
     # 5. A salesperson opts a subscriber out in Pipedrive → change webhook → Maileon unsubscribes.
     optout_id, optout = confirming[1]
+    wait_for(stack.quiet, timeout=30)
     stack.set_newsletter(optout_id, "Unsubscribed")
     step("A salesperson sets Newsletter=Unsubscribed for a subscriber in Pipedrive …")
 
@@ -373,6 +386,7 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
 
     # 6. A salesperson wins a deal of a subscriber → deal webhooks → a Maileon contact event.
     buyer_id, buyer = confirming[2]
+    wait_for(stack.quiet, timeout=30)
     deal = stack.pd("POST", "/_sim/ui/deals", {"title": "Demo deal", "person_id": buyer_id, "value": 1200,
                                                "currency": "EUR"})["data"]
     stack.pd("POST", f"/_sim/ui/deals/{deal['id']}", {"status": "won"})
