@@ -105,7 +105,7 @@ class DemoStack:
                     f"{self._short(self.state_dir / 'prefect')}) and serving every deployment …")
             self.service = Service(self.settings, port=0, state_dir=self.state_dir,
                                    debounce_seconds=self.debounce_seconds, schedules=self.schedules,
-                                   prefect_port=self.prefect_port, fast=self.fast).start()
+                                   prefect_port=self.prefect_port, fast=self.fast, own_server=True).start()
             on_step(f"Prefect UI {self.service.ui_url}; receiver {self.receiver_url}; "
                     f"{len(self.service.runner.deployments)} deployments served")
             self.setup()

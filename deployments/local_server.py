@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -148,29 +147,18 @@ def use_api(api_url: str) -> None:
     refresh_global_settings_context()
 
 
+def restore_api(previous: str | None) -> None:
+    """Undo :func:`use_api` (``previous``: the PREFECT_API_URL before it)."""
+    from prefect.context import refresh_global_settings_context
+
+    if previous is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = previous
+    refresh_global_settings_context()
+
+
 def configured_api_url() -> str | None:
     from prefect.settings import get_current_settings
 
     return get_current_settings().api.url
-
-
-@contextlib.contextmanager
-def prefect_api(state_dir: Path, *, port: int | None = None) -> Iterator[tuple[str, LocalPrefectServer | None]]:
-    """The Prefect API to use: PREFECT_API_URL when set, else a local server under ``state_dir``."""
-    configured = configured_api_url()
-    if configured:
-        yield configured, None
-        return
-    with LocalPrefectServer(state_dir / "prefect", port=port) as server:
-        previous = os.environ.get("PREFECT_API_URL")
-        use_api(server.api_url)
-        try:
-            yield server.api_url, server
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = previous
-            from prefect.context import refresh_global_settings_context
-
-            refresh_global_settings_context()

@@ -209,8 +209,10 @@ class EventForwarder:
         retry_seconds: float = 3.0,
         max_pending: int = 10_000,
         batch: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/") if api_url else None
+        self._transport = transport
         self.headers = headers or {}
         self.timeout = timeout
         self.retry_seconds = retry_seconds
@@ -243,7 +245,7 @@ class EventForwarder:
         self._wake = asyncio.Event()
         if self.pending:
             self._wake.set()
-        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers, transport=self._transport)
         self._task = asyncio.create_task(self._run(), name="pmsync-event-forwarder")
 
     async def stop(self, flush_seconds: float = 2.0) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -29,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments import fast_start
-from deployments.local_server import LocalPrefectServer, configured_api_url, use_api
+from deployments.local_server import LocalPrefectServer, configured_api_url, restore_api, use_api
 from deployments.receiver import ReceiverServer, create_app
 from pmsync.settings import Settings
 
@@ -234,6 +236,7 @@ class Service:
         only: set[str] | None = None,
         prefect_port: int | None = None,
         fast: bool = True,
+        own_server: bool = False,
     ) -> None:
         self.settings = settings
         self.host = host or settings.receiver_host
@@ -244,20 +247,27 @@ class Service:
         self.only = only
         self.prefect_port = prefect_port
         self.fast = fast
+        #: Start a local Prefect server even when an API URL is configured (demo, tests, benchmarks).
+        self.own_server = own_server
         self.local_server: LocalPrefectServer | None = None
         self.receiver: ReceiverServer | None = None
         self.runner: RunnerThread | None = None
         self.api_url: str | None = None
+        self._previous_api_url: str | None = None
+        self._settings_context: Any = None
         self._stop = threading.Event()
 
     def start(self) -> Service:
         try:
             if self.fast and fast_start.install():
                 fast_start.warm()  # the fork server imports the flows while Prefect starts
-            self.api_url = configured_api_url()
+            self.api_url = None if self.own_server else configured_api_url()
             if not self.api_url:
                 self.local_server = LocalPrefectServer(self.state_dir / "prefect", port=self.prefect_port).start()
+                self._previous_api_url = os.environ.get("PREFECT_API_URL")
                 use_api(self.local_server.api_url)
+                self._settings_context = temporary_settings(updates={PREFECT_API_URL: self.local_server.api_url})
+                self._settings_context.__enter__()  # this thread (a caller's own settings context included)
                 self.api_url = self.local_server.api_url
             self.receiver = ReceiverServer(create_app(self.settings, prefect_api_url=self.api_url),
                                            host=self.host, port=self.port).start()
@@ -301,6 +311,11 @@ class Service:
             _flush_prefect()  # logs and events of runs made in this process, while the server is up
             self.local_server.stop()
             self.local_server = None
+            if self._settings_context is not None:
+                with contextlib.suppress(Exception):
+                    self._settings_context.__exit__(None, None, None)
+                self._settings_context = None
+            restore_api(self._previous_api_url)
 
     def __enter__(self) -> Service:
         return self.start()
