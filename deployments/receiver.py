@@ -564,6 +564,7 @@ class ReceiverServer:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30,
                                 log_config=None)
         self._server = uvicorn.Server(config)
+        self.app = app
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="pmsync-receiver", daemon=True)
 

@@ -25,9 +25,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -44,6 +46,8 @@ PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 #: Seconds between the runner's polls for due runs (Prefect's default, 10 s, would add up to 10 s to
 #: every webhook-triggered run).
 QUERY_SECONDS = 1.0
+#: The deployment that drains the webhook inbox ("<flow>/<deployment>").
+DRAIN_DEPLOYMENT = "drain-inbox/on-webhook"
 
 
 def load_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -160,9 +164,12 @@ class RunnerThread:
     would import everything again for every run.
     """
 
-    def __init__(self, deployments: list[tuple[Any, dict[str, Any]]], *, query_seconds: float = QUERY_SECONDS, limit: int | None = 4,
-                 pause_on_shutdown: bool = True) -> None:
+    def __init__(self, deployments: list[tuple[Any, dict[str, Any]]], *, query_seconds: float = QUERY_SECONDS,
+                 limit: int | None = 4, pause_on_shutdown: bool = True,
+                 on_registered: Callable[[dict[str, UUID]], Awaitable[None]] | None = None) -> None:
         self.deployments = deployments
+        #: Called (in the runner's loop) each time the deployments were (re)registered, with their ids.
+        self.on_registered = on_registered
         self.query_seconds = query_seconds
         self.limit = limit
         self.pause_on_shutdown = pause_on_shutdown
@@ -192,8 +199,14 @@ class RunnerThread:
                             pause_on_shutdown=self.pause_on_shutdown)
             self._runner = runner
             try:
+                ids: dict[str, UUID] = {}
                 for flow, options in self.deployments:
-                    await runner.aadd_flow(flow, **options)
+                    ids[f"{flow.name}/{options['name']}"] = await runner.aadd_flow(flow, **options)
+                if self.on_registered is not None:
+                    try:
+                        await self.on_registered(ids)
+                    except Exception as exc:  # a catch-up is a courtesy; the schedules catch up anyway
+                        log.warning("catch-up after (re)registering failed: %s", exc)
                 self.started.set()
                 backoff = 1.0
                 await runner.start()
@@ -210,7 +223,7 @@ class RunnerThread:
                 break
             self.restarts += 1
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, 10.0)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -273,11 +286,28 @@ class Service:
                                            host=self.host, port=self.port).start()
             deployments = deployment_args(debounce_seconds=self.debounce_seconds, schedules=self.schedules,
                                           only=self.only)
-            self.runner = RunnerThread(deployments).start()
+            self.runner = RunnerThread(deployments, on_registered=self._drain_leftovers).start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    async def _drain_leftovers(self, ids: dict[str, UUID]) -> None:
+        """Deliveries stored while Prefect was unreachable (or pmsync was not serving) are drained as soon
+        as the deployments are registered again — without waiting for an event or the schedule."""
+        from prefect.client.orchestration import get_client
+        from starlette.concurrency import run_in_threadpool
+
+        drain = ids.get(DRAIN_DEPLOYMENT)
+        if drain is None or self.receiver is None:
+            return
+        pending = await run_in_threadpool(self.receiver.app.state.receiver.store.inbox_pending_count)
+        if not pending:
+            return
+        async with get_client() as client:
+            await client.create_flow_run_from_deployment(
+                drain, parameters={"triggered_by": f"pmsync serve: {pending} stored deliveries waiting"})
+        log.info("%d stored deliveries were waiting: a drain run was started", pending)
 
     @property
     def ui_url(self) -> str | None:
