@@ -115,8 +115,16 @@ def setup(*, webhook_url: str | None = None) -> int:
     print(f"Newsletter field {report.newsletter_field_key} "
           f"{'created' if report.newsletter_field_created else 'already present'}.")
     print(f"Maileon custom fields created: {', '.join(report.maileon_fields_created) or 'none (all present)'}.")
+    types = report.deal_event_types
+    if types is not None:
+        done = [*(f"{t} created" for t in types.created),
+                *(f"{t} gained {', '.join(a)}" for t, a in types.extended.items()),
+                *(f"{t} present" for t in types.unchanged)]
+        print(f"Deal event types: {'; '.join(done) or 'none'}.")
+        for name, reasons in types.conflicts.items():
+            print(f"  CONFLICT {name}: {'; '.join(reasons)} — left alone; its events are dead-lettered until fixed.")
     print_webhooks(report.webhooks)
-    return 0
+    return 1 if types is not None and types.conflicts else 0
 
 
 @app.command
