@@ -106,6 +106,7 @@ class MaileonRead:
 
     def result(self) -> tuple[ContactChunk, UnsubscriptionScan]:
         chunks = [f.result() for f in self.chunks]
+        self.chunks = []  # the futures hold each chunk's frame: let them go once concatenated
         frame = pd.concat([c.frame for c in chunks], ignore_index=True).drop_duplicates("contact_id", keep="last")
         return ContactChunk(frame=frame, pages=sum(c.pages for c in chunks)), self.unsubscriptions.result()
 

@@ -674,11 +674,11 @@ class SettleBatch(BaseModel):
 
 def settle_batches(drift: diff.Drift, size: int) -> Iterator[SettleBatch]:
     frame = drift.settle.sort_values("email")
-    rows = list(zip(frame["email"], frame["person_ids"], frame["permission"], frame["unsubscribed_at_ms"],
-                    strict=True))
-    for start in range(0, len(rows), size):
+    for start in range(0, len(frame), size):
+        part = frame.iloc[start:start + size]
         batch = SettleBatch(emails={}, person_ids={}, contacts={})
-        for email, ids, permission, unsub_ms in rows[start:start + size]:
+        for email, ids, permission, unsub_ms in zip(part["email"], drift.person_ids(part["key"].to_numpy()),
+                                                    part["permission"], part["unsubscribed_at_ms"], strict=True):
             signal: AnySignal | None = None
             if unsub_ms >= 0:
                 at = datetime.fromtimestamp(unsub_ms / 1000, UTC)
@@ -715,9 +715,9 @@ class FieldSync(BaseModel):
 
 def field_batches(drift: diff.Drift) -> Iterator[dict[str, list[int]]]:
     frame = drift.stale.sort_values("email")
-    items = [(e, [int(i) for i in ids]) for e, ids in zip(frame["email"], frame["person_ids"], strict=True)]
-    for start in range(0, len(items), FIELD_SYNC_BATCH):
-        yield dict(items[start:start + FIELD_SYNC_BATCH])
+    for start in range(0, len(frame), FIELD_SYNC_BATCH):
+        part = frame.iloc[start:start + FIELD_SYNC_BATCH]
+        yield dict(zip(part["email"], drift.person_ids(part["key"].to_numpy()), strict=True))
 
 
 def field_tokens(batch: Mapping[str, list[int]]) -> int:

@@ -311,13 +311,15 @@ def valid_emails(emails: pd.Series) -> np.ndarray:
 
 @dataclass
 class Drift:
-    """The drift of one reconcile, per class: ``email``, ``person_ids`` (list), ``reason`` columns."""
+    """The drift of one reconcile. Class frames have ``email``, ``reason`` and ``key`` (persons' side)
+    or ``ext_person`` (Maileon's side); person ids are looked up on demand (:meth:`person_ids`,
+    :meth:`with_person_ids`) so that even a mass drift holds no Python list per email."""
 
     classes: dict[DriftClass, pd.DataFrame]
-    #: Emails for the consent rules: ``email``, ``person_ids``, ``permission`` (-1: no live
-    #: contact), ``unsubscribed_at_ms`` (-1: none; set only without a live contact), ``reason``.
+    #: Emails for the consent rules: ``email``, ``key``, ``permission`` (-1: no live contact),
+    #: ``unsubscribed_at_ms`` (-1: none; set only without a live contact), ``reason``.
     settle: pd.DataFrame
-    #: Emails whose live contact gets a bulk field update: ``email``, ``person_ids``.
+    #: Emails whose live contact gets a bulk field update: ``email``, ``key``.
     stale: pd.DataFrame
     #: Distinct valid emails across both systems (the brake's denominator).
     population: int
@@ -325,12 +327,31 @@ class Drift:
     unverified: int = 0
     persons: int = 0
     contacts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: Persons with a valid email, sorted by (email key, person id): the person-id index.
+    member_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    member_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def planned(self) -> int:
         """Changes the repair would attempt: emails for the consent rules plus field updates."""
         return len(self.settle) + len(self.stale)
+
+    def person_ids(self, keys: Sequence[int] | np.ndarray) -> list[list[int]]:
+        """The persons whose primary email has each key (sorted ids)."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        lo = np.searchsorted(self.member_keys, keys, side="left")
+        hi = np.searchsorted(self.member_keys, keys, side="right")
+        return [self.member_ids[a:b].tolist() for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+
+    def with_person_ids(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with a ``person_ids`` column (for small frames: batches, samples, tests)."""
+        out = frame.copy()
+        if "key" in frame.columns:
+            out["person_ids"] = pd.Series(self.person_ids(frame["key"].to_numpy()), index=frame.index, dtype=object)
+        elif "ext_person" in frame.columns:
+            out["person_ids"] = pd.Series([[int(x)] if x >= 0 else [] for x in frame["ext_person"]],
+                                          index=frame.index, dtype=object)
+        return out
 
     def counts(self) -> dict[str, int]:
         return {c.value: len(self.classes.get(c, ())) for c in DriftClass}
@@ -347,7 +368,7 @@ class Drift:
         out: dict[str, list[tuple[str | None, list[int], str]]] = {}
         for cls, frame in self.classes.items():
             if len(frame):
-                head = frame.sort_values("email", na_position="last").head(n)
+                head = self.with_person_ids(frame.sort_values("email", na_position="last").head(n))
                 out[cls.value] = [
                     (e if isinstance(e, str) else None, [int(i) for i in ids], str(r))
                     for e, ids, r in zip(head["email"], head["person_ids"], head["reason"], strict=True)
@@ -355,18 +376,32 @@ class Drift:
         return out
 
 
-def _person_ids(rows: pd.DataFrame) -> dict[int, list[int]]:
-    """Sorted person ids per email key (vectorised: one sort, one split)."""
-    rows = rows.sort_values(["key", "person_id"])
-    keys, starts = np.unique(rows["key"].to_numpy(dtype=np.uint64), return_index=True)
-    groups = np.split(rows["person_id"].to_numpy(dtype=np.int64), starts[1:]) if len(keys) else []
-    return {int(k): g.tolist() for k, g in zip(keys, groups, strict=True)}
-
-
 def brake(planned: int, population: int, threshold: float) -> bool:
     """True when the planned changes are too many to apply unreviewed: ``planned / population`` is
     not below ``threshold``. Nothing planned never brakes."""
     return planned > 0 and planned / max(population, 1) >= threshold
+
+
+class _Lookup:
+    """Positions of uint64 keys in a key array (sorted copy + searchsorted; -1 where absent)."""
+
+    def __init__(self, keys: np.ndarray, positions: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.positions = keys[order], positions[order]
+
+    def __call__(self, wanted: np.ndarray) -> np.ndarray:
+        if not len(self.keys):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        i = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(self.keys[i] == wanted, self.positions[i], -1)
+
+
+def _group_any(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.maximum.reduceat(flags.astype(np.uint8), starts).astype(bool) if len(starts) else flags[:0]
+
+
+def _group_all(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    return np.minimum.reduceat(flags.astype(np.uint8), starts).astype(bool) if len(starts) else flags[:0]
 
 
 def classify(
@@ -378,8 +413,10 @@ def classify(
     now_s: float,
     doi_pending_max_s: float,
 ) -> Drift:
-    """Sort every email into the drift classes (see the module docstring)."""
-    persons = persons.drop_duplicates("person_id", keep="last")
+    """Sort every email into the drift classes (see the module docstring). Array-based: memory stays
+    a few columns per person and contact even when most of them drift."""
+    if persons["person_id"].duplicated().any():
+        persons = persons.drop_duplicates("person_id", keep="last")
     valid = valid_emails(persons["email"])
     classes: dict[DriftClass, pd.DataFrame] = {}
 
@@ -387,48 +424,50 @@ def classify(
     bad = persons.loc[~valid, ["person_id", "email"]]
     classes[DriftClass.NO_VALID_EMAIL] = pd.DataFrame({
         "email": pd.Series([e if isinstance(e, str) else None for e in bad["email"]], dtype=object),
-        "person_ids": [[int(p)] for p in bad["person_id"]],
-        "reason": np.where(bad["email"].isna(), Reason.NO_EMAIL.value, Reason.INVALID_EMAIL.value),
+        "ext_person": bad["person_id"].to_numpy(dtype=np.int64),
+        "reason": np.where(bad["email"].isna(), Reason.NO_EMAIL.value, Reason.INVALID_EMAIL.value).astype(object),
     })
 
-    # -- Pipedrive, per email ---------------------------------------------------------------------
-    m = persons.loc[valid].copy()
-    m["key"] = email_keys(m["email"])
-    nl, ms = m["newsletter"].to_numpy(), m["marketing_status"].to_numpy()
-    unsub_nl, unsub_ms = NEWSLETTER_CODES[Newsletter.UNSUBSCRIBED], STATUS_CODES[MarketingStatus.UNSUBSCRIBED]
-    m["optout"] = (nl == unsub_nl) | (campaigns_enabled & (ms == unsub_ms))
-    m["request"] = nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBE]
-    m["claim"] = (nl == NEWSLETTER_CODES[Newsletter.PENDING_DOI]) | (nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBED])
-    m["subscribed"] = nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBED]
-    m["not_unsubscribed"] = (nl != unsub_nl) | (
-        campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED]))
-    per_email = m.groupby("key", sort=False).agg(
-        email=("email", "first"),
-        members=("person_id", "size"),
-        optout=("optout", "max"),
-        request=("request", "max"),
-        claim=("claim", "max"),
-        any_subscribed=("subscribed", "max"),
-        all_subscribed=("subscribed", "min"),
-        not_unsubscribed=("not_unsubscribed", "max"),
-    )
+    # -- Pipedrive, per email: members sorted by (key, id), aggregates per run of equal keys -------
+    pid = persons["person_id"].to_numpy(dtype=np.int64)[valid]
+    email = persons["email"].to_numpy(dtype=object)[valid]
+    key = email_keys(pd.Series(email, dtype=object))
+    order = np.lexsort((pid, key))
+    key, pid, email = key[order], pid[order], email[order]
+    nl = persons["newsletter"].to_numpy()[valid][order]
+    ms = persons["marketing_status"].to_numpy()[valid][order]
+    exp = persons["exp"].to_numpy(dtype=np.uint64)[valid][order]
+    fmask = persons["mask"].to_numpy(dtype=np.uint16)[valid][order]
+    del order
+    keys, starts, members = np.unique(key, return_index=True, return_counts=True)
+    emails = email[starts]
+    del email
+    unsub_nl, unsub_st = NEWSLETTER_CODES[Newsletter.UNSUBSCRIBED], STATUS_CODES[MarketingStatus.UNSUBSCRIBED]
+    optout = _group_any((nl == unsub_nl) | (campaigns_enabled & (ms == unsub_st)), starts)
+    request = _group_any(nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBE], starts)
+    subscribed_row = nl == NEWSLETTER_CODES[Newsletter.SUBSCRIBED]
+    claim = _group_any(subscribed_row | (nl == NEWSLETTER_CODES[Newsletter.PENDING_DOI]), starts)
+    any_subscribed, all_subscribed = _group_any(subscribed_row, starts), _group_all(subscribed_row, starts)
+    not_unsubscribed = _group_any(
+        (nl != unsub_nl) | (campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED])), starts)
+    del nl, ms, subscribed_row
 
     # -- Maileon, per email -----------------------------------------------------------------------
-    c = contacts.loc[contacts["email"].notna()].copy()
-    c["key"] = email_keys(c["email"])
-    c = c.drop_duplicates("key", keep="last").set_index("key")
-    u = unsubscriptions.loc[unsubscriptions["email"].notna()].copy()
-    u["key"] = email_keys(u["email"])
-    unsub_at = u.groupby("key")["at_ms"].max()
-
-    keys = per_email.index
-    live = keys.isin(c.index)
-    permission = c["permission"].reindex(keys).fillna(NONE).to_numpy(dtype=np.int8)
+    ckey = email_keys(contacts["email"])
+    usable = (ckey != 0) & ~pd.Series(ckey).duplicated(keep="last").to_numpy()
+    contact_at = _Lookup(ckey[usable], np.flatnonzero(usable))
+    cpos = contact_at(keys)                         # per email: its contact's row, -1 = no live contact
+    live = cpos >= 0
+    c_permission = contacts["permission"].to_numpy(dtype=np.int8)
+    permission = np.where(live, c_permission[np.maximum(cpos, 0)] if len(c_permission) else -1, -1).astype(np.int8)
     confirmed = live & np.isin(permission, (4, 5))
-    unsub = keys.isin(unsub_at.index) & ~live
-    optout = per_email["optout"].to_numpy(dtype=bool)
-    request = per_email["request"].to_numpy(dtype=bool)
-    claim = per_email["claim"].to_numpy(dtype=bool)
+    ukey = email_keys(unsubscriptions["email"])
+    u_at = unsubscriptions["at_ms"].to_numpy(dtype=np.int64)
+    uorder = np.lexsort((u_at, ukey))  # per key, the latest last
+    last_of_key = np.r_[ukey[uorder][1:] != ukey[uorder][:-1], True] if len(ukey) else np.zeros(0, bool)
+    unsub_keys, unsub_ms = ukey[uorder][last_of_key], u_at[uorder][last_of_key]
+    upos = _Lookup(unsub_keys[unsub_keys != 0], np.flatnonzero(unsub_keys != 0))(keys)
+    unsub = (upos >= 0) & ~live
 
     reason = np.full(len(keys), "", dtype=object)
 
@@ -436,85 +475,77 @@ def classify(
         reason[(reason == "") & cond] = why.value
 
     mark(optout & live, Reason.OPTOUT_IN_PIPEDRIVE)
-    mark(unsub & ~request & per_email["not_unsubscribed"].to_numpy(dtype=bool), Reason.OPTOUT_IN_MAILEON)
+    mark(unsub & ~request & not_unsubscribed, Reason.OPTOUT_IN_MAILEON)
     mark(~live & ~optout & request & unsub, Reason.REQUEST_AFTER_UNSUBSCRIBE)
     mark(~live & ~optout & request, Reason.REQUEST_NOT_SENT)
     mark(~live & ~optout & ~unsub & claim, Reason.CLAIM_WITHOUT_CONTACT)
-    mark(confirmed & ~optout & ~per_email["all_subscribed"].to_numpy(dtype=bool), Reason.CONFIRMED_IN_MAILEON)
+    mark(confirmed & ~optout & ~all_subscribed, Reason.CONFIRMED_IN_MAILEON)
     mark(live & ~confirmed & ~optout & request, Reason.REQUEST_NOT_ACTED_ON)
-    mark(live & ~confirmed & ~optout & per_email["any_subscribed"].to_numpy(dtype=bool), Reason.UNBACKED_SUBSCRIBED)
+    mark(live & ~confirmed & ~optout & any_subscribed, Reason.UNBACKED_SUBSCRIBED)
 
-    missing_reasons = {Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
-                       Reason.CLAIM_WITHOUT_CONTACT.value}
-    is_missing = np.isin(reason, list(missing_reasons))
+    is_missing = np.isin(reason, [Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
+                                  Reason.CLAIM_WITHOUT_CONTACT.value])
     is_consent = (reason != "") & ~is_missing
     to_settle = np.isin(reason, [r.value for r in SETTLE_REASONS])
 
-    # -- field drift: every member's expected digest against the contact under that member's mask
-    stale = np.zeros(len(keys), dtype=bool)
-    unverified = 0
+    # -- field drift: each member's expected digest against its email's contact, under its mask ----
+    member_email = np.repeat(np.arange(len(keys)), members)
     eligible = live & ~optout & ~to_settle
-    if eligible.any() and len(c):
-        rows = m.loc[m["key"].isin(keys[eligible]), ["key", "exp", "mask"]]
-        pos = c.index.get_indexer(pd.Index(rows["key"]))
-        hcols = [col for col in c.columns if col.startswith("h") and col[1:].isdigit()]
-        hashes = c[hcols].to_numpy(dtype=np.uint64)[pos] if hcols else np.zeros((len(rows), 0), np.uint64)
-        member_mask = rows["mask"].to_numpy(dtype=np.uint16)
-        known = member_mask > 0
-        match = known & (combine(hashes, member_mask) == rows["exp"].to_numpy(dtype=np.uint64))
-        agg = pd.DataFrame({"key": rows["key"].to_numpy(), "known": known, "match": match}).groupby("key").max()
-        agg = agg.reindex(keys[eligible], fill_value=False)
-        stale_sub = agg["known"].to_numpy(dtype=bool) & ~agg["match"].to_numpy(dtype=bool)
-        unverified = int((~agg["known"].to_numpy(dtype=bool)).sum())
-        stale[np.flatnonzero(eligible)[stale_sub]] = True
-
-    # -- person ids of the emails we report or act on ----------------------------------------------
-    members = per_email["members"].to_numpy()
-    duplicate = members >= 2
-    wanted = keys[(reason != "") | stale | duplicate]
-    ids_by_key = _person_ids(m.loc[m["key"].isin(wanted), ["key", "person_id"]])
+    rows = eligible[member_email]
+    known = rows & (fmask > 0)
+    digest = np.zeros(len(key), dtype=np.uint64)
+    if known.any():
+        at = cpos[member_email[known]]
+        for i in range(MAX_FIELDS):
+            column = f"h{i}"
+            if column not in contacts.columns:
+                break
+            bit = ((fmask[known] >> np.uint16(i)) & np.uint16(1)).astype(bool)
+            digest[known] ^= np.where(bit, contacts[column].to_numpy(dtype=np.uint64)[at], np.uint64(0))
+    match = known & (digest == exp)
+    del digest
+    any_known, any_match = _group_any(known, starts), _group_any(match, starts)
+    stale = eligible & any_known & ~any_match
+    unverified = int((eligible & ~any_known).sum())
 
     def frame(sel: np.ndarray, why: np.ndarray | str) -> pd.DataFrame:
         return pd.DataFrame({
-            "email": per_email["email"].to_numpy(dtype=object)[sel],
-            "person_ids": pd.Series([ids_by_key[int(k)] for k in keys[sel]], dtype=object),
+            "email": emails[sel],
+            "key": keys[sel],
             "reason": why[sel] if isinstance(why, np.ndarray) else np.full(int(sel.sum()), why, dtype=object),
         })
 
     classes[DriftClass.MISSING_IN_MAILEON] = frame(is_missing, reason)
     classes[DriftClass.CONSENT_MISMATCH] = frame(is_consent, reason)
     classes[DriftClass.STALE_FIELDS] = frame(stale, Reason.FIELDS_DIFFER.value)
-    classes[DriftClass.DUPLICATE_EMAIL] = frame(duplicate, Reason.SHARED.value)
-
+    classes[DriftClass.DUPLICATE_EMAIL] = frame(members >= 2, Reason.SHARED.value)
     settle = frame(to_settle, reason)
     settle["permission"] = permission[to_settle]
-    settle["unsubscribed_at_ms"] = (
-        unsub_at.reindex(keys[to_settle]).where(unsub[to_settle]).fillna(-1).to_numpy(dtype=np.int64))
-    stale_frame = frame(stale, Reason.FIELDS_DIFFER.value)[["email", "person_ids"]]
+    settle["unsubscribed_at_ms"] = np.where(unsub[to_settle], unsub_ms[np.maximum(upos[to_settle], 0)]
+                                            if len(unsub_ms) else -1, -1).astype(np.int64)
+    stale_frame = frame(stale, Reason.FIELDS_DIFFER.value)[["email", "key"]]
 
     # -- Maileon-side classes ----------------------------------------------------------------------
-    has_members = c.index.isin(keys)
-    by_pmsync = c["by_pmsync"].to_numpy(dtype=bool)
+    has_members = np.zeros(len(contacts), dtype=bool)
+    has_members[cpos[live]] = True
+    by_pmsync = contacts["by_pmsync"].to_numpy(dtype=bool) & usable
+    ext = contacts["ext_person"].to_numpy(dtype=np.int64)
+    c_email = contacts["email"].to_numpy(dtype=object)
     orphan = by_pmsync & ~has_members
-    ext = c["ext_person"].to_numpy(dtype=np.int64)
-    known_person = np.isin(ext, persons["person_id"].to_numpy(dtype=np.int64))
-    orphan_reason = np.where(ext < 0, Reason.NO_PERSON_LINK.value,
+    known_person = np.isin(ext[orphan], persons["person_id"].to_numpy(dtype=np.int64))
+    orphan_reason = np.where(ext[orphan] < 0, Reason.NO_PERSON_LINK.value,
                              np.where(known_person, Reason.PERSON_EMAIL_CHANGED.value, Reason.PERSON_DELETED.value))
     classes[DriftClass.ORPHAN_CONTACT] = pd.DataFrame({
-        "email": c["email"].to_numpy(dtype=object)[orphan],
-        "person_ids": [[int(x)] if x >= 0 else [] for x in ext[orphan]],
-        "reason": orphan_reason[orphan].astype(object),
-    })
-    since = c["pending_since"].to_numpy(dtype=np.float64)
-    pending = by_pmsync & (c["permission"].to_numpy() == 1) & ~np.isnan(since) & (now_s - since > doi_pending_max_s)
-    days = np.floor((now_s - since[pending]) / 86400).astype(int) if pending.any() else np.zeros(0, int)
+        "email": c_email[orphan], "ext_person": ext[orphan], "reason": orphan_reason.astype(object)})
+    since = contacts["pending_since"].to_numpy(dtype=np.float64)
+    pending = by_pmsync & (c_permission == 1) & ~np.isnan(since) & (now_s - since > doi_pending_max_s)
+    days = np.floor((now_s - since[pending]) / 86400).astype(int)
     classes[DriftClass.DOI_PENDING_TOO_LONG] = pd.DataFrame({
-        "email": c["email"].to_numpy(dtype=object)[pending],
-        "person_ids": [[int(x)] if x >= 0 else [] for x in ext[pending]],
-        "reason": [f"{Reason.PENDING.value} for {d} days" for d in days],
+        "email": c_email[pending], "ext_person": ext[pending],
+        "reason": np.asarray([f"{Reason.PENDING.value} for {d} days" for d in days], dtype=object),
     })
 
-    population = len(keys) + int((~has_members).sum())
+    population = len(keys) + int((usable & ~has_members).sum())
     ordered = {cls: classes[cls] for cls in DriftClass}
-    return Drift(classes=ordered, settle=settle, stale=stale_frame, population=population,
-                 unverified=unverified, persons=len(persons), contacts=len(c))
+    return Drift(classes=ordered, settle=settle, stale=stale_frame, population=population, unverified=unverified,
+                 persons=len(persons), contacts=int(usable.sum()), member_keys=key, member_ids=pid)

@@ -74,7 +74,7 @@ def test_subscribe_without_a_contact_is_missing_in_maileon_and_goes_to_the_conse
     drift = classify([person(1, "ann@example.org", Newsletter.SUBSCRIBE)])
     assert only(drift) == {"missing_in_maileon": [("ann@example.org", Reason.REQUEST_NOT_SENT.value)]}
     assert drift.settle["email"].tolist() == ["ann@example.org"]
-    assert drift.settle["person_ids"].tolist() == [[1]]
+    assert drift.with_person_ids(drift.settle)["person_ids"].tolist() == [[1]]
     assert drift.settle["permission"].tolist() == [-1]
 
 
@@ -106,7 +106,7 @@ def test_an_unsubscription_in_maileon_not_shown_in_pipedrive_goes_to_the_rules_w
                      unsubscribed={"ann@example.org": 1_700_000_000_000})
     assert only(drift)["consent_mismatch"] == [("ann@example.org", Reason.OPTOUT_IN_MAILEON.value)]
     assert drift.settle["unsubscribed_at_ms"].tolist() == [1_700_000_000_000]
-    assert drift.settle["person_ids"].tolist() == [[1, 2]]
+    assert drift.with_person_ids(drift.settle)["person_ids"].tolist() == [[1, 2]]
 
 
 def test_an_unsubscription_already_shown_in_pipedrive_is_no_drift() -> None:
@@ -151,7 +151,8 @@ def test_changed_fields_make_the_contact_stale_for_the_bulk_field_sync() -> None
     drift = classify([person(1, "ann@example.org", Newsletter.SUBSCRIBED, first="Anne")],
                      [contact(10, "ann@example.org", 4, pid=1, first="Ann")])
     assert only(drift) == {"stale_fields": [("ann@example.org", Reason.FIELDS_DIFFER.value)]}
-    assert drift.stale.to_dict("records") == [{"email": "ann@example.org", "person_ids": [1]}]
+    assert drift.with_person_ids(drift.stale)[["email", "person_ids"]].to_dict("records") == [
+        {"email": "ann@example.org", "person_ids": [1]}]
     assert drift.planned == 1 and len(drift.settle) == 0
 
 
@@ -222,7 +223,10 @@ def test_persons_sharing_an_email_and_persons_without_a_valid_email_are_reported
         "no_valid_email": sorted([(None, Reason.NO_EMAIL.value), ("not-an-email", Reason.INVALID_EMAIL.value)],
                                  key=str),
     }
-    assert drift.classes[DriftClass.DUPLICATE_EMAIL]["person_ids"].tolist() == [[1, 2]]
+    duplicates = drift.with_person_ids(drift.classes[DriftClass.DUPLICATE_EMAIL])
+    assert duplicates["person_ids"].tolist() == [[1, 2]]
+    assert drift.samples()["no_valid_email"] == [("not-an-email", [4], Reason.INVALID_EMAIL.value),
+                                                 (None, [3], Reason.NO_EMAIL.value)]
     assert drift.planned == 0
 
 
