@@ -145,6 +145,16 @@ def build_deployments(
             deployment_args(path, debounce_seconds=debounce_seconds, schedules=schedules, only=only)]
 
 
+async def _api_up(api_url: str) -> bool:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            return (await client.get(f"{api_url.rstrip('/')}/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _flush_prefect(timeout: float = 5.0) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -166,8 +176,12 @@ class RunnerThread:
 
     def __init__(self, deployments: list[tuple[Any, dict[str, Any]]], *, query_seconds: float = QUERY_SECONDS,
                  limit: int | None = 4, pause_on_shutdown: bool = True,
-                 on_registered: Callable[[dict[str, UUID]], Awaitable[None]] | None = None) -> None:
+                 on_registered: Callable[[dict[str, UUID]], Awaitable[None]] | None = None,
+                 api_url: str | None = None) -> None:
         self.deployments = deployments
+        #: Checked before each (re)start: registering against an API that is down would sit in the
+        #: Prefect client's own retries for a long time.
+        self.api_url = api_url
         #: Called (in the runner's loop) each time the deployments were (re)registered, with their ids.
         self.on_registered = on_registered
         self.query_seconds = query_seconds
@@ -195,6 +209,9 @@ class RunnerThread:
         self._loop = asyncio.get_running_loop()
         backoff = 1.0
         while not self._stop.is_set():
+            if self.api_url and not await _api_up(self.api_url):
+                await asyncio.sleep(1.0)
+                continue
             runner = Runner(name="pmsync", query_seconds=self.query_seconds, limit=self.limit,
                             pause_on_shutdown=self.pause_on_shutdown)
             self._runner = runner
@@ -286,7 +303,7 @@ class Service:
                                            host=self.host, port=self.port).start()
             deployments = deployment_args(debounce_seconds=self.debounce_seconds, schedules=self.schedules,
                                           only=self.only)
-            self.runner = RunnerThread(deployments, on_registered=self._drain_leftovers).start()
+            self.runner = RunnerThread(deployments, on_registered=self._drain_leftovers, api_url=self.api_url).start()
         except BaseException:
             self.stop()
             raise
