@@ -42,6 +42,7 @@ from tasks.reconcile import (
     find_drift,
     finish_run,
     known_persons,
+    paused_at_start,
     read_contact_pages,
     read_person_pages,
     read_unsubscriptions,
@@ -61,7 +62,10 @@ def reconcile(mode: Mode = "incremental", dry_run: bool = False, repair_threshol
     repair_threshold: auto-repair only while planned changes / contacts stays below it (default:
     PMSYNC_REPAIR_THRESHOLD).
     """
-    plan = begin_run(mode, dry_run, repair_threshold)
+    try:
+        plan = begin_run(mode, dry_run, repair_threshold)
+    except BudgetExhausted:                          # not even the account could be read today
+        return paused_at_start(mode, dry_run, repair_threshold)
     maileon = _read_maileon(plan)                    # submitted: runs while Pipedrive is paged
     persons, pd_pass = _read_pipedrive(plan)
     contacts, unsubscriptions = maileon.result()

@@ -880,6 +880,19 @@ def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
     return report
 
 
+def paused_at_start(mode: Mode, dry_run: bool, threshold: float | None) -> ReconcileReport:
+    """The report of a run that could not even read the account: Pipedrive's daily budget is spent.
+    Nothing was read or written; the checkpoint (if any) is untouched, so the next run resumes."""
+    now = datetime.now(UTC)
+    log.warning("reconcile: Pipedrive's daily token budget is exhausted before the run could start; "
+                "nothing read, nothing changed; the next run resumes")
+    report = ReconcileReport(mode=mode, dry_run=dry_run, status="paused", started_at=now, finished_at=now,
+                             threshold=threshold or get_runtime().settings.repair_threshold,
+                             pipedrive=PassSummary(stopped="budget_exhausted"), budget=Budget())
+    report.markdown = render(report)
+    return report
+
+
 def _run_id() -> str | None:
     try:
         from prefect.context import get_run_context

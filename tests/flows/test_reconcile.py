@@ -204,6 +204,12 @@ def test_the_token_cap_and_an_exhausted_daily_budget_pause_at_a_checkpoint_and_l
     for i in range(5):
         person(pipedrive_sim, rt, f"Page Person{i}", f"page{i}@example.org")
     page = reconcile_tasks.PAGE_TOKENS
+    budget = sim_control(pipedrive_sim, "/_sim/budget", method="GET")["daily_budget"]
+
+    sim_control(pipedrive_sim, "/_sim/budget", {"used": budget})  # spent before the run starts
+    spent = reconcile(mode="full")
+    assert spent.status == "paused" and spent.pipedrive.stopped == "budget_exhausted" and spent.pipedrive.pages == 0
+    sim_control(pipedrive_sim, "/_sim/budget", {"used": 0})
 
     rt.settings.token_budget_per_run = 1  # below one page: a run still reads one page, then stops
     first = reconcile(mode="full")
@@ -215,7 +221,6 @@ def test_the_token_cap_and_an_exhausted_daily_budget_pause_at_a_checkpoint_and_l
 
     rt.settings.token_budget_per_run = 0
     setup_cost = first.tokens_spent - page
-    budget = sim_control(pipedrive_sim, "/_sim/budget", method="GET")["daily_budget"]
     sim_control(pipedrive_sim, "/_sim/budget", {"used": budget - (setup_cost + page)})  # one more page today
     second = reconcile(mode="full")
     assert second.status == "paused" and second.pipedrive.stopped == "budget_exhausted", second.markdown
