@@ -4,6 +4,7 @@ paused and resumed on the token cap and an exhausted daily budget; a deleted New
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,24 @@ def test_drift_below_the_threshold_is_repaired_and_the_next_run_finds_nothing_to
     assert again.pipedrive.gone == 1
     assert again.drift.counts["orphan_contact"] == 2 and again.drift.planned == 0
     assert again.repairs.settle.emails == 0 and again.repairs.fields.emails == 0
+
+
+def test_an_incremental_run_finds_an_unsubscription_whose_webhook_was_lost_for_an_unchanged_person(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    rt.settings.watermark_overlap_seconds = 0
+    una = person(pipedrive_sim, rt, "Una Unchanged", "una@example.org", Newsletter.SUBSCRIBED)
+    contact(rt, una, "una@example.org", 4)
+    person(pipedrive_sim, rt, "Bea Bystander", "bea@example.org")
+    time.sleep(1.1)  # Pipedrive times have second precision: let the run's watermark pass the persons' edits
+    assert reconcile(mode="incremental").status == "in_sync"
+
+    sim_control(maileon_sim, "/_sim/unsubscribe", {"email": "una@example.org", "source": "link"})  # webhook lost
+    report = reconcile(mode="incremental", repair_threshold=1.0)
+
+    assert report.pipedrive.persons == 0  # nothing changed in Pipedrive: the person came from the snapshot
+    assert report.drift.counts["consent_mismatch"] == 1 and report.status == "repaired", report.markdown
+    assert newsletter_of(pipedrive_sim, rt, una) == Newsletter.UNSUBSCRIBED
 
 
 def test_a_deleted_newsletter_field_is_recreated_reported_loudly_and_the_mass_repair_waits_for_review(
