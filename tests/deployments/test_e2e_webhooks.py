@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from deployments.demo import DemoStack, wait_for
-from deployments.local_server import LocalPrefectServer
+from deployments.local_server import LocalPrefectServer, free_port
 
 pytestmark = pytest.mark.prefect
 
@@ -21,7 +21,8 @@ DEBOUNCE = 1.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
-    with DemoStack(tmp_path_factory.mktemp("e2e") / "state", persons=30, deals=5,
+    # A port of its own (not 4200): the outage test restarts the server on the same port.
+    with DemoStack(tmp_path_factory.mktemp("e2e") / "state", persons=30, deals=5, prefect_port=free_port(),
                    debounce_seconds=DEBOUNCE, webhook_time_scale=0.05) as s:
         yield s
 
