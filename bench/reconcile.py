@@ -147,7 +147,7 @@ def serve(persons: int, lifetime: float) -> None:
 def settings(urls: dict[str, Any], db: str) -> Any:
     from pmsync.settings import Settings
 
-    return Settings(_env_file=None, PIPEDRIVE_BASE_URL=urls["pipedrive"], PIPEDRIVE_API_TOKEN=PD_TOKEN,  # type: ignore[call-arg]
+    return Settings(_env_file=None, PIPEDRIVE_BASE_URL=urls["pipedrive"], PIPEDRIVE_API_TOKEN=PD_TOKEN,
                     MAILEON_BASE_URL=urls["maileon"], MAILEON_API_KEY=ML_KEY, PMSYNC_DATABASE_URL=f"sqlite:///{db}",
                     PMSYNC_TOKEN_BUDGET_PER_RUN=0, PMSYNC_HTTP_TIMEOUT_SECONDS=120)
 
@@ -190,7 +190,7 @@ def worker(what: str, urls: dict[str, Any], db: str, mode: str) -> None:
                 rt.pipedrive.delete_person_field(field_id)  # every Newsletter value is gone: mass drift
                 rt.cache.pop("account", None)
             t0 = time.perf_counter()
-            report = reconcile(mode=mode, repair_threshold=0.05)  # type: ignore[arg-type]
+            report = reconcile(mode="full" if mode == "full" else "incremental", repair_threshold=0.05)
             seconds = time.perf_counter() - t0
         out.update(seconds=round(seconds, 2), status=report.status, persons_read=report.pipedrive.persons,
                    persons_mapped=report.pipedrive.mapped, contacts=report.maileon_contacts,
