@@ -233,6 +233,7 @@ class EventForwarder:
         return self.api_url is not None
 
     def submit(self, event: dict[str, Any]) -> None:
+        """Queue an event (call it on the receiver's event loop)."""
         if not self.enabled:
             return
         self.pending.append(event)
@@ -386,7 +387,12 @@ class Receiver:
     def _accepted(self, source: str, kind: str, delivery_id: str, entity_id: str | None, new: bool) -> JSONResponse:
         task = None
         if new:
-            task = BackgroundTask(self.forwarder.submit, prefect_event(source, kind, delivery_id, entity_id))
+            event = prefect_event(source, kind, delivery_id, entity_id)
+
+            async def announce() -> None:  # async: runs on the event loop, after the response is sent
+                self.forwarder.submit(event)
+
+            task = BackgroundTask(announce)
         return JSONResponse({"ok": True, "delivery_id": delivery_id, "duplicate": not new}, background=task)
 
     # -- routes

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from connectors.errors import BudgetExhausted
 from flows.deals import drain_outbox
+from tasks.account import Account
 from tasks.consent import SettleSummary, settle_batch
 from tasks.deals import EnqueueSummary, SendSummary, enqueue_deal_webhooks
 from tasks.inbox import (
@@ -28,8 +29,13 @@ from tasks.inbox import (
     finish_webhooks,
     merge,
     pending_webhooks,
+    prune_webhooks,
 )
 from tasks.state import account_facts
+
+#: Processed deliveries are kept this long (far beyond any sender's retry window: a late retry of a
+#: pruned delivery would be processed again) and then deleted.
+PRUNE_AFTER_DAYS = 30
 
 
 class DrainReport(BaseModel):
@@ -75,7 +81,7 @@ def drain_inbox(
             break
         _count(report, batch)
         failed_before = report.failed
-        stop = _settle(batch, report, batch_size, dry_run)
+        stop = _settle(account, batch, report, batch_size, dry_run)
         if stop is None and report.failed > failed_before:
             stop = "some deliveries failed; a later run retries them (and drains the rest)"
         if stop or dry_run:
@@ -84,6 +90,8 @@ def drain_inbox(
     if report.deals.webhooks and not dry_run:
         report.deals_sent = drain_outbox()
     report.pending_after = pending_webhooks()
+    if not dry_run:
+        prune_webhooks(PRUNE_AFTER_DAYS)
     _publish(report)
     log.info("inbox: %d deliveries (%s); settled %d, echoes %d, ignored %d, failed %d; writes %s; %d pending",
              report.deliveries, report.by_kind or "none", report.settled, report.echoes, report.ignored,
@@ -121,9 +129,8 @@ def _count(report: DrainReport, batch: ClaimedBatch) -> None:
         report.by_kind[kind] = report.by_kind.get(kind, 0) + count
 
 
-def _settle(batch: ClaimedBatch, report: DrainReport, size: int, dry_run: bool) -> str | None:
+def _settle(account: Account, batch: ClaimedBatch, report: DrainReport, size: int, dry_run: bool) -> str | None:
     """Settle the batch's work round by round; record each delivery's outcome. Returns why it stopped."""
-    account = account_facts()
     failed: dict[int, str] = {}
     rounds = batch.rounds(size)
     for i, rnd in enumerate(rounds):

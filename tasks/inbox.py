@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import task
@@ -277,6 +277,12 @@ def finish_webhooks(done: Iterable[int], failed: dict[int, str] | None = None,
     if released:
         store.inbox_release(released)
     return store.inbox_mark_done(done)
+
+
+@task
+def prune_webhooks(older_than_days: int = 30) -> int:
+    """Delete deliveries processed more than ``older_than_days`` ago."""
+    return get_runtime().store.inbox_prune(timedelta(days=older_than_days))
 
 
 @task
