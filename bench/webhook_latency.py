@@ -9,8 +9,9 @@ in the other system when it travels as a webhook:
 
 latency = (effect visible) − (act) − debounce (the trigger's ``schedule_after``). Acts are spaced so
 that each starts its own run (no run in flight, inbox empty). Each sample is broken down with the
-flow run's own times: act → stored (receiver), → run created (trigger), → run started (runner poll +
-process start), → effect (the run's work).
+flow run's own times: act → run due (receiver, Prefect event, trigger; the debounce subtracted),
+→ run started (runner poll, process start from the fork server, engine start), → effect (the run's
+work: account facts, claim, settle, record).
 
     .venv/bin/python bench/webhook_latency.py                 # 20 samples, debounce 2 s
     .venv/bin/python bench/webhook_latency.py --samples 40 --no-fast-start
@@ -113,14 +114,12 @@ def main() -> int:
             row: dict[str, float] = {"total": effect - start}
             if runs:
                 run = runs[0]
-                created, expected = ts(run.get("created")), ts(run.get("expected_start_time"))
-                started = ts(run.get("start_time"))
-                if created:
-                    row["to_run_created"] = created - start
-                if expected and started:
-                    row["scheduled_to_started"] = started - expected
-                if started:
+                expected, started = ts(run.get("expected_start_time")), ts(run.get("start_time"))
+                if expected and started and started >= expected:
+                    row["due_to_started"] = started - expected
                     row["started_to_effect"] = effect - started
+                    # receiver → Prefect event → trigger → run created (schedule_after later)
+                    row["act_to_due"] = expected - start - args.debounce
             parts.append(row)
             print(f"  {kind:<9} person {pid:>4}: {latency:5.2f} s after the debounce "
                   + " ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
@@ -135,7 +134,7 @@ def main() -> int:
         if values:
             print(f"  {kind:<9} p50 {percentile(values, 0.5):5.2f} s   p99 {percentile(values, 0.99):5.2f} s   "
                   f"max {max(values):5.2f} s   (n={len(values)})")
-    for key in ("to_run_created", "scheduled_to_started", "started_to_effect"):
+    for key in ("act_to_due", "due_to_started", "started_to_effect"):
         values = [p[key] for p in parts if key in p]
         if values:
             print(f"  part {key:<22} median {statistics.median(values):5.2f} s")
