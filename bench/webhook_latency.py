@@ -13,7 +13,7 @@ flow run's own times: act → run due (receiver, Prefect event, trigger; the deb
 → run started (runner poll, process start from the fork server, engine start), → effect (the run's
 work: account facts, claim, settle, record).
 
-    .venv/bin/python bench/webhook_latency.py                 # 20 samples, debounce 2 s
+    .venv/bin/python bench/webhook_latency.py                 # 20 samples, debounce 5 s (the default)
     .venv/bin/python bench/webhook_latency.py --samples 40 --no-fast-start
 """
 
@@ -68,7 +68,8 @@ def ts(value: str | None) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--debounce", type=float, default=2.0, help="within = schedule_after, seconds")
+    parser.add_argument("--debounce", type=float, default=5.0,
+                        help="within = schedule_after, seconds (PMSYNC_WEBHOOK_DEBOUNCE_SECONDS default: 5)")
     parser.add_argument("--no-fast-start", action="store_true", help="start runs by spawn (Prefect's default)")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
