@@ -195,3 +195,23 @@ def test_a_dry_run_plans_the_work_and_leaves_every_delivery_in_the_inbox(
     assert plan.released == 1 and rt.store.inbox_pending_count() == 1
     assert maileon_contact(maileon_sim, "fay@example.org") is None
     assert newsletter_of(pipedrive_sim, rt, fay) == Newsletter.SUBSCRIBE
+
+
+def test_deal_webhooks_are_handed_to_the_deal_event_story_and_reach_maileon_as_contact_events(
+    hooked: tuple[Runtime, ReceiverServer], pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    rt, _ = hooked
+    gus = ui_person(pipedrive_sim, rt, "Gus Example", "gus@example.org", Newsletter.SUBSCRIBE)
+    settle_webhooks(rt, pipedrive_sim, maileon_sim)
+    drain_inbox()  # Gus gets a Maileon contact (DOI started)
+    deal = sim_control(pipedrive_sim, "/_sim/ui/deals", {"title": "Big deal", "person_id": gus, "value": 500,
+                                                          "currency": "EUR"})["data"]
+    sim_control(pipedrive_sim, f"/_sim/ui/deals/{deal['id']}", {"status": "won"})
+    settle_webhooks(rt, pipedrive_sim, maileon_sim, at_least=2)
+
+    report = drain_inbox()
+    assert report.by_kind.get("deal") == 2
+    assert report.deals.webhooks == 2 and report.deals.queued == 2
+    assert report.deals_sent.sent == 2
+    assert rt.store.inbox_pending_count() == 0
+    assert drain_inbox().deals.queued == 0  # nothing twice
