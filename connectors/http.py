@@ -772,3 +772,17 @@ __all__ = [
     "reset_seconds",
     "retry_after_seconds",
 ]
+
+
+def client_options(settings: Any, **overrides: Any) -> dict[str, Any]:
+    """Timeout and retry policy from :class:`pmsync.settings.Settings`, plus caller overrides."""
+    options: dict[str, Any] = {
+        "timeout": settings.http_timeout_seconds,
+        "retry": RetryPolicy(
+            max_retries=settings.http_max_retries,
+            backoff_base=settings.http_backoff_base_seconds,
+            backoff_max=settings.http_backoff_max_seconds,
+        ),
+    }
+    options.update(overrides)
+    return options

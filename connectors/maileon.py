@@ -53,6 +53,7 @@ from connectors.http import (
     ServiceProfile,
     Sleep,
     TokenBucket,
+    client_options,
 )
 from connectors.maileon_models import (
     Contact,
@@ -209,16 +210,7 @@ class MaileonClient:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> MaileonClient:
-        kwargs: dict[str, Any] = {
-            "timeout": settings.http_timeout_seconds,
-            "retry": RetryPolicy(
-                max_retries=settings.http_max_retries,
-                backoff_base=settings.http_backoff_base_seconds,
-                backoff_max=settings.http_backoff_max_seconds,
-            ),
-        }
-        kwargs.update(overrides)
-        return cls(settings.maileon_base_url, settings.maileon_api_key, **kwargs)
+        return cls(settings.maileon_base_url, settings.maileon_api_key, **client_options(settings, **overrides))
 
     # ------------------------------------------------------------------ plumbing
 

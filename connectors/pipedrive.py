@@ -46,6 +46,7 @@ from connectors.http import (
     ServiceProfile,
     Sleep,
     _int_header,
+    client_options,
 )
 from connectors.pipedrive_models import (
     ContactValue,
@@ -225,16 +226,7 @@ class PipedriveClient:
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> PipedriveClient:
         """Build from :class:`pmsync.settings.Settings` (overrides: transport, sleep, clock, …)."""
-        kwargs: dict[str, Any] = {
-            "timeout": settings.http_timeout_seconds,
-            "retry": RetryPolicy(
-                max_retries=settings.http_max_retries,
-                backoff_base=settings.http_backoff_base_seconds,
-                backoff_max=settings.http_backoff_max_seconds,
-            ),
-        }
-        kwargs.update(overrides)
-        return cls(settings.pipedrive_base_url, settings.pipedrive_api_token, **kwargs)
+        return cls(settings.pipedrive_base_url, settings.pipedrive_api_token, **client_options(settings, **overrides))
 
     # ------------------------------------------------------------------ plumbing
 
