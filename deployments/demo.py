@@ -308,8 +308,8 @@ def run_demo(*, keep_running: bool = False, persons: int = 60, debounce_seconds:
     ok = True
     try:
         stack.start(on_step=step)
-        ok = _story(stack, step)
-        _summary(stack, step)
+        ok, history_email = _story(stack, step)
+        _summary(stack, history_email)
         if keep_running:
             step("Still serving (the simulators keep answering). Ctrl-C stops everything.")
             stack.service.wait()
@@ -323,26 +323,33 @@ def run_demo(*, keep_running: bool = False, persons: int = 60, debounce_seconds:
     return 0 if ok else 1
 
 
-def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
+def _story(stack: DemoStack, step: Callable[[str], None]) -> tuple[bool, str | None]:
+    """People act; each act's effect is awaited. Returns (all effects seen, an email worth auditing)."""
     ok = True
 
     # 1. Full reconcile (or the consent sync where the reconcile flow is not installed).
     try:
         from flows.reconcile import reconcile
-
-        report = stack.in_runtime(reconcile, mode="full")
-        step(f"Full reconcile: {report.status}; {report.pipedrive.model_dump().get('persons', '?')} persons read, "
-             f"{report.maileon_contacts} Maileon contacts.")
     except ImportError:
         from flows.consent import sync
 
         reports = stack.in_runtime(sync)
         step("Consent sync (reconcile not installed): " + ", ".join(f"{r.story} {r.scanned}" for r in reports))
+    else:
+        try:
+            report = stack.in_runtime(reconcile, mode="full")
+        except Exception as exc:  # the demo goes on: webhooks do not depend on it
+            step(f"Full reconcile failed ({type(exc).__name__}: {exc}); continuing")
+            ok = False
+        else:
+            persons = getattr(getattr(report, "pipedrive", None), "persons", "?")
+            step(f"Full reconcile: {getattr(report, 'status', '?')}; {persons} persons read, "
+                 f"{getattr(report, 'maileon_contacts', '?')} Maileon contacts.")
 
     chosen = stack.pick_persons(6)
-    if len(chosen) < 6:
-        step(f"Only {len(chosen)} persons fit the demo; continuing with them.")
-    emails = dict(chosen)
+    if len(chosen) < 4:
+        step(f"Only {len(chosen)} seeded persons fit the demo (4 needed); seed more persons.")
+        return False, None
 
     # Before each act: wait until the previous one has settled (its echoes included), so that each
     # act's time is its own.
@@ -398,9 +405,7 @@ def _story(stack: DemoStack, step: Callable[[str], None]) -> bool:
         return sum(1 for t in items if str(t.get("email") or t.get("contact", {}).get("email") or "") == buyer) >= 2
 
     ok &= _expect(step, "two contact events (deal added, deal won) reached Maileon", deal_events_sent)
-    stack.emails = emails  # type: ignore[attr-defined]
-    stack.history_email = leaver  # type: ignore[attr-defined]
-    return ok
+    return ok, leaver
 
 
 def _expect(step: Callable[[str], None], what: str, check: Callable[[], bool], timeout: float = 45.0) -> bool:
@@ -412,7 +417,7 @@ def _expect(step: Callable[[str], None], what: str, check: Callable[[], bool], t
     return False
 
 
-def _summary(stack: DemoStack, step: Callable[[str], None]) -> None:
+def _summary(stack: DemoStack, email: str | None) -> None:
     store = stack.runtime.store
     wait_for(lambda: store.inbox_pending_count() == 0, timeout=15)
     print()
@@ -428,7 +433,6 @@ def _summary(stack: DemoStack, step: Callable[[str], None]) -> None:
     print("Consent changes per story (ledger, outcome applied/observed):")
     for label, n in story_counts(store):
         print(f"  {label:<64} {n:>3}")
-    email = getattr(stack, "history_email", None)
     if email:
         print()
         print(f"Consent history of one person ({email}), as `pmsync audit` shows it:")
