@@ -68,7 +68,11 @@ def _pipedrive_changes(watermark: str, want: str) -> tuple[Candidates, datetime]
 
 @flow(name="unsubscribes-to-pipedrive")
 def unsubscribes_to_pipedrive(dry_run: bool = False) -> StoryReport:
-    """Story 3: every Maileon unsubscribe reaches every Pipedrive person sharing the email."""
+    """Story 3: every Maileon unsubscribe reaches every Pipedrive person sharing the email.
+
+    Args:
+        dry_run: Decide and report, but write nothing to Pipedrive, Maileon or the ledger.
+    """
     since, until = read_window("consent.unsubscribes")
     # First run: look back one overlap window only; older history is the reconcile's job.
     candidates = collect_unsubscriptions(since or until - FIRST_RUN_LOOKBACK, until)
@@ -81,7 +85,11 @@ def unsubscribes_to_pipedrive(dry_run: bool = False) -> StoryReport:
 @flow(name="optouts-to-maileon")
 def optouts_to_maileon(dry_run: bool = False) -> StoryReport:
     """Story 4: Newsletter=Unsubscribed or marketing_status=unsubscribed set in Pipedrive unsubscribes
-    the contact in Maileon."""
+    the contact in Maileon.
+
+    Args:
+        dry_run: Decide and report, but write nothing to Pipedrive, Maileon or the ledger.
+    """
     candidates, until = _pipedrive_changes("consent.persons.optouts", want="changes")
     report = _settle("optouts-to-maileon", candidates, dry_run)
     if not dry_run and report.summary.failed == 0:
@@ -92,7 +100,11 @@ def optouts_to_maileon(dry_run: bool = False) -> StoryReport:
 @flow(name="doi-confirmations-to-pipedrive")
 def doi_confirmations_to_pipedrive(dry_run: bool = False) -> StoryReport:
     """Story 2: a confirmed DOI (permission 4/5) shows as Newsletter=Subscribed (and, with Campaigns,
-    marketing_status=subscribed, read back)."""
+    marketing_status=subscribed, read back).
+
+    Args:
+        dry_run: Decide and report, but write nothing to Pipedrive, Maileon or the ledger.
+    """
     since, until = read_window("consent.doi")
     found, page_index = Candidates(), 1
     while page_index:
@@ -109,7 +121,11 @@ def doi_confirmations_to_pipedrive(dry_run: bool = False) -> StoryReport:
 @flow(name="subscribers-to-maileon")
 def subscribers_to_maileon(dry_run: bool = False) -> StoryReport:
     """Story 1: persons whose Newsletter says Subscribe get a Maileon contact with a double opt-in;
-    Newsletter then says Pending DOI."""
+    Newsletter then says Pending DOI.
+
+    Args:
+        dry_run: Decide and report, but write nothing to Pipedrive, Maileon or the ledger.
+    """
     candidates, until = _pipedrive_changes("consent.persons.subscribe", want="subscribe")
     report = _settle("subscribers-to-maileon", candidates, dry_run)
     if not dry_run and report.summary.failed == 0:
@@ -119,7 +135,11 @@ def subscribers_to_maileon(dry_run: bool = False) -> StoryReport:
 
 @flow(name="consent-sync")
 def sync(dry_run: bool = False) -> list[StoryReport]:
-    """Stories 1–4 once, unsubscribes first. `dry_run` decides and reports but writes nothing."""
+    """Stories 1–4 once, unsubscribes first. `dry_run` decides and reports but writes nothing.
+
+    Args:
+        dry_run: Decide and report, but write nothing to Pipedrive, Maileon or the ledger.
+    """
     return [
         unsubscribes_to_pipedrive(dry_run=dry_run),
         optouts_to_maileon(dry_run=dry_run),
