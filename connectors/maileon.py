@@ -34,9 +34,9 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -60,6 +60,7 @@ from connectors.maileon_models import (
     ContactsPage,
     CustomField,
     MaileonWebhook,
+    Page,
     Permission,
     RecentTransaction,
     SyncMode,
@@ -71,6 +72,8 @@ from connectors.maileon_models import (
     UnsubscriptionsPage,
 )
 from connectors.redact import get_logger, register_secret
+
+PageT = TypeVar("PageT", bound=Page[Any])
 
 log = get_logger("pmsync.connectors.maileon")
 
@@ -490,26 +493,33 @@ class MaileonClient:
         base = [("standard_field", f) for f in standard_fields] + [("custom_field", f) for f in custom_fields]
         after = _sql_datetime(updated_after)
 
-        def pages() -> Iterator[ContactsPage]:
-            index = start_page
-            while True:
-                params: list[tuple[str, Any]] = [("page_index", index), ("page_size", page_size), *base]
-                if after:
-                    params.append(("updated_after", after))
-                response = self._request("GET", "/contacts", "/contacts", params=params)
-                page = ContactsPage(
-                    items=self._parse_xml(response, mx.parse_contacts),
-                    page_index=index,
-                    page_size=page_size,
-                    total_items=_int_header(response, "x-items"),
-                    total_pages=_int_header(response, "x-pages"),
-                )
-                yield page
-                if not page.items or not page.has_more:
-                    return
-                index += 1
+        params: list[tuple[str, Any]] = [*base, *([("updated_after", after)] if after else [])]
+        return self._iter_index_pages("/contacts", params, mx.parse_contacts, ContactsPage, start_page, page_size)
 
-        return pages()
+    def _iter_index_pages(
+        self,
+        path: str,
+        params: list[tuple[str, Any]],
+        parse: Callable[[bytes], list[Any]],
+        page_cls: type[PageT],
+        start_page: int,
+        page_size: int,
+    ) -> Iterator[PageT]:
+        """Lazily page a Maileon list (``page_index`` from 1) until ``X-Pages`` or an empty page ends it."""
+        index = start_page
+        while True:
+            response = self._request("GET", path, path, params=[("page_index", index), ("page_size", page_size), *params])
+            page = page_cls(
+                items=self._parse_xml(response, parse),
+                page_index=index,
+                page_size=page_size,
+                total_items=_int_header(response, "x-items"),
+                total_pages=_int_header(response, "x-pages"),
+            )
+            yield page
+            if not page.items or not page.has_more:
+                return
+            index += 1
 
     def iter_contacts(self, **kwargs: Any) -> Iterator[Contact]:
         for page in self.iter_contact_pages(**kwargs):
@@ -555,26 +565,9 @@ class MaileonClient:
             *[("custom_field", f) for f in custom_fields],
         ]
 
-        def pages() -> Iterator[UnsubscriptionsPage]:
-            index = start_page
-            while True:
-                params = [("page_index", index), ("page_size", page_size), *fixed]
-                response = self._request(
-                    "GET", "/reports/unsubscriptions", "/reports/unsubscriptions", params=params
-                )
-                page = UnsubscriptionsPage(
-                    items=self._parse_xml(response, mx.parse_unsubscriptions),
-                    page_index=index,
-                    page_size=page_size,
-                    total_items=_int_header(response, "x-items"),
-                    total_pages=_int_header(response, "x-pages"),
-                )
-                yield page
-                if not page.items or not page.has_more:
-                    return
-                index += 1
-
-        return pages()
+        return self._iter_index_pages(
+            "/reports/unsubscriptions", fixed, mx.parse_unsubscriptions, UnsubscriptionsPage, start_page, page_size
+        )
 
     # ------------------------------------------------------------------ custom fields
 
