@@ -5,7 +5,7 @@ The `/_sim` control surface is a contract used by tests, the demo and benchmarks
 - ``GET  /_sim/requests``  → ``[{method, path, status, at}]`` of served API requests
 - ``POST /_sim/reset``     → empty state, faults off, log cleared
 - ``POST /_sim/faults``    → ``{"error_rate", "latency_ms", "drop_webhooks", "duplicate_webhooks",
-  "reorder_webhooks"}``
+  "reorder_webhooks", "retry_after_seconds", "timeout_rate", "timeout_ms"}``
 - ``GET  /_sim/webhooks``  → delivery attempts ``[{id, url, attempt, status, error, at}]``
 """
 
@@ -39,6 +39,13 @@ class Faults(BaseModel):
     drop_webhooks: float = Field(default=0.0, ge=0.0, le=1.0)
     duplicate_webhooks: float = Field(default=0.0, ge=0.0, le=1.0)
     reorder_webhooks: bool = False
+    #: Overrides the wait a fault answer asks for (``Retry-After``, ``x-ratelimit-reset``). None: what
+    #: the real service sends (1–2 s), which would make thousands of faulted test runs wait for hours.
+    retry_after_seconds: float | None = Field(default=None, ge=0.0)
+    #: Share of requests that are *applied* but answered only after ``timeout_ms``: past a client's
+    #: read timeout the write landed and the client cannot know (the ambiguous case).
+    timeout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    timeout_ms: int = Field(default=1000, ge=0)
 
 
 FAULT_STATUSES = (429, 500, 503)
@@ -64,6 +71,11 @@ class SimState:
                 return self.rng.choice(FAULT_STATUSES)
         return None
 
+    def draw_timeout(self) -> bool:
+        """Whether to apply this request but hold its response past the client's timeout."""
+        with self.lock:
+            return bool(self.faults.timeout_rate) and self.rng.random() < self.faults.timeout_rate
+
 
 FaultResponder = Callable[[int], Response]
 
@@ -87,7 +99,15 @@ class ControlMiddleware:
         fault = self.state.draw_fault()
         if fault is not None:
             self.state.log_request(method, path, fault)
-            await self.fault_response(fault)(scope, receive, send)
+            response = self.fault_response(fault)
+            if faults.retry_after_seconds is not None:
+                for name in ("retry-after", "x-ratelimit-reset"):
+                    if name in response.headers:
+                        response.headers[name] = f"{faults.retry_after_seconds:g}"
+            await response(scope, receive, send)
+            return
+        if self.state.draw_timeout():
+            await self._late(scope, receive, send, faults.timeout_ms / 1000)
             return
         logged = False
 
@@ -102,6 +122,23 @@ class ControlMiddleware:
         await self.app(scope, receive, send_wrapper)
         if not logged:
             self.state.log_request(method, path, 500)
+
+    async def _late(self, scope: Scope, receive: Receive, send: Send, delay: float) -> None:
+        """Apply the request now, answer after `delay` (the client has usually given up by then)."""
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        status = next((int(m["status"]) for m in held if m["type"] == "http.response.start"), 500)
+        self.state.log_request(scope["method"], scope["path"], status)
+        await asyncio.sleep(delay)
+        try:
+            for message in held:
+                await send(message)
+        except OSError:  # the client closed the connection: the answer has nowhere to go
+            pass
 
 
 # --------------------------------------------------------------------------- webhooks
