@@ -22,6 +22,7 @@ What is counted (from the clients' call accounting, so retries would show):
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -99,6 +100,7 @@ def main() -> int:
     parser.add_argument("--no-prefect", action="store_true", help="run the task functions without the engine")
     parser.add_argument("--no-burst-limit", action="store_true",
                         help="lift the Pipedrive simulator's 80 requests / 2 s window")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the figures here as one JSON object")
     args = parser.parse_args()
 
     pipedrive = PipedriveSim(token=PD_TOKEN)
@@ -167,6 +169,24 @@ def main() -> int:
         print(f"  throughput {e.deals / seconds:,.0f} deals/s, {report.sent.sent / seconds:,.0f} events/s")
         ok = report.complete and list_calls <= bound and received == report.sent.sent == e.queued
         print("\nOK" if ok else "\nCHECK FAILED")
+        if args.json:
+            figures = {
+                "deals": args.deals, "persons": args.persons, "live": live, "archived": archived,
+                "prefect": not args.no_prefect, "burst_limit": None if args.no_burst_limit else pipedrive.config.burst_limit,
+                "seconds": round(seconds, 2), "complete": report.complete, "page_size": 500,
+                "list_calls": list_calls, "live_calls": live_calls, "archived_calls": archived_calls,
+                "list_bound": bound, "post_transactions": post_calls, "batch_size": settings.deal_events_batch_size,
+                "events_queued": e.queued, "events_sent": report.sent.sent, "maileon_received": received,
+                "lookups": {"persons": calls(pd, "GET /api/v2/persons"),
+                            "organizations": calls(pd, "GET /api/v2/organizations"),
+                            "users": calls(pd, "GET /v1/users"), "users_me": calls(pd, "GET /v1/users/me")},
+                "maileon_type_setup": calls(ml, "GET /transactions/types", "POST /transactions/types",
+                                            "GET /transactions/types/{id}"),
+                "pipedrive_calls": pd.calls, "pipedrive_tokens": pd.tokens, "pipedrive_retries": pd.retries,
+                "pipedrive_waited_seconds": round(pd.waited_seconds, 2), "maileon_calls": ml.calls,
+                "maileon_retries": ml.retries, "dead": report.sent.dead, "ok": ok,
+            }  # fmt: skip
+            args.json.write_text(json.dumps(figures, indent=2))
         return 0 if ok else 1
 
 

@@ -110,6 +110,7 @@ def main() -> int:
     parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of the raw loop")
     parser.add_argument("--max-requests", type=int, default=20_000, help="request cap of the raw loop")
+    parser.add_argument("--json", type=Path, help="also write the figures here as one JSON object")
     args = parser.parse_args()
 
     sim = PipedriveSim(token=TOKEN)
@@ -150,6 +151,13 @@ def main() -> int:
             f"{paced['calls']} calls, {paced['tokens']} tokens, {paced['retries']} retries, "
             f"limiter waited {paced['waited']:.2f} s, statuses {paced['status']}"
         )
+        paced.pop("bodies")
+        if args.json:
+            figures = {"persons": args.persons, "page_size": 500, "seed_seconds": round(seed_s, 2),
+                       "raw_requests": n, "raw_seconds": round(secs, 3), "raw_rps": round(n / secs, 1),
+                       "free": free, "parse_seconds": round(parse_s, 3), "burst_limit": default_burst,
+                       "paced": paced}  # fmt: skip
+            args.json.write_text(json.dumps(figures, indent=2, default=str))
     finally:
         server.stop()
         sim.close()

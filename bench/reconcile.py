@@ -50,6 +50,7 @@ SUBSCRIBED_SHARE = 0.70
 UNSUBSCRIBED_SHARE = 0.03
 NATIVE_SHARE = 0.10
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("bare", "first_full", "nochange_full", "nochange_incremental", "massdrift_full")
 
 
 def rss_mb() -> float:
@@ -271,21 +272,26 @@ def run_worker(what: str, urls: dict[str, Any], db: Path, mode: str, api_url: st
     raise RuntimeError(f"worker {what}/{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
 
 
-def measure(size: int, api_url: str, tmp: Path, timeout: float, bare: bool) -> dict[str, Any]:
+def measure(size: int, api_url: str, tmp: Path, timeout: float, bare: bool,
+            only: set[str] | None = None) -> dict[str, Any]:
     db = tmp / f"pmsync-{size}.db"
     with simulators(size, timeout) as urls:
         print(f"\n== {size:,} persons: simulators seeded in {urls['seconds']} s (their own process, "
               f"{urls['rss_mb']} MB); {urls['contacts']:,} live Maileon contacts, {urls['unsubscriptions']:,} "
               "unsubscriptions", flush=True)
         runs: dict[str, Any] = {"sim": urls}
-        if bare:
+        if bare and (only is None or "bare" in only):
             runs["bare"] = run_worker("bare", urls, db, "-", api_url, timeout)
             show("bare paging loop", runs["bare"])
         for name, what, mode in (("first_full", "reconcile", "full"), ("nochange_full", "reconcile", "full"),
                                  ("nochange_incremental", "reconcile", "incremental"),
                                  ("massdrift_full", "reconcile-after-newsletter-deleted", "full")):
+            if only is not None and name not in only:
+                continue
             runs[name] = run_worker(what, urls, db, mode, api_url, timeout)
             show(f"reconcile {name}", runs[name])
+        if "nochange_full" not in runs:
+            return runs
         n, m = size, urls["contacts"]
         steady = runs["nochange_full"]
         pd_bound, ml_bound = math.ceil(n / 500), math.ceil(m / 1000)
@@ -314,6 +320,9 @@ def main() -> None:
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--timeout", type=float, default=3600.0, help="per process, seconds")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--rss-runs", nargs="*", choices=RUNS, default=None,
+                        help="at the --rss-sizes, only these measurements (default: all of them; a no-change run "
+                             "needs first_full before it)")  # fmt: skip
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
@@ -334,7 +343,8 @@ def main() -> None:
             for size in args.sizes:
                 results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True)
             for size in args.rss_sizes:
-                results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True)
+                results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True,
+                                             only=set(args.rss_runs) if args.rss_runs is not None else None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

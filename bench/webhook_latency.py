@@ -20,6 +20,7 @@ work: account facts, claim, settle, record).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -71,6 +72,7 @@ def main() -> int:
     parser.add_argument("--debounce", type=float, default=5.0,
                         help="within = schedule_after, seconds (PMSYNC_WEBHOOK_DEBOUNCE_SECONDS default: 5)")
     parser.add_argument("--no-fast-start", action="store_true", help="start runs by spawn (Prefect's default)")
+    parser.add_argument("--json", type=Path, help="also write the figures here as one JSON object")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.pop("PREFECT_API_URL", None)
@@ -139,6 +141,15 @@ def main() -> int:
         values = [p[key] for p in parts if key in p]
         if values:
             print(f"  part {key:<22} median {statistics.median(values):5.2f} s")
+    if args.json:
+        summary = {kind: {"n": len(vs), "p50": percentile(vs, 0.5), "p99": percentile(vs, 0.99), "max": max(vs)}
+                   for kind, vs in [*latencies.items(), ("all", every)] if vs}  # fmt: skip
+        medians = {key: statistics.median(vs) for key in ("act_to_due", "due_to_started", "started_to_effect")
+                   if (vs := [p[key] for p in parts if key in p])}  # fmt: skip
+        args.json.write_text(json.dumps({"debounce_seconds": args.debounce, "samples": len(every),
+                                         "starts": "spawn" if args.no_fast_start else "fork server",
+                                         "latency_seconds": summary, "part_medians_seconds": medians,
+                                         "raw": latencies}, indent=2))  # fmt: skip
     return 0
 
 
