@@ -5,6 +5,7 @@
     POST /webhooks/pipedrive                    HTTP Basic (PMSYNC_WEBHOOK_USER / _PASSWORD)
     POST /webhooks/maileon/{doi|unsubscription}?token=<PMSYNC_WEBHOOK_SECRET>&email=…&external_id=…
     GET  /healthz                               liveness, inbox backlog, Prefect reachability
+    GET  /openapi.json                          this API as OpenAPI 3.1, generated from the models below
 
 Order of work per delivery (Pipedrive gives up after 10 s and bans a webhook after 10 failed first
 attempts, so the answer must be fast and must only be 2xx once the event is safe):
@@ -42,15 +43,17 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic.json_schema import models_json_schema
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -59,7 +62,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connectors.redact import install_log_redaction, register_secret
-from connectors.store import Store
+from connectors.store import InboxEvent, Store
+from connectors.store.models import table_of
 from pmsync.settings import Settings
 
 log = logging.getLogger("pmsync.receiver")
@@ -67,6 +71,7 @@ install_log_redaction("pmsync.receiver")
 
 PIPEDRIVE_PATH = "/webhooks/pipedrive"
 MAILEON_PATH = "/webhooks/maileon/{event}"
+OPENAPI_PATH = "/openapi.json"
 #: Pipedrive entities pmsync acts on; other entities are acknowledged and dropped.
 PIPEDRIVE_ENTITIES = frozenset({"person", "deal"})
 MAILEON_EVENTS = frozenset({"doi", "unsubscription"})
@@ -88,17 +93,28 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_INT64 = 2**63
+#: Ids arrive as strings (v2) or integers (older payloads); the OpenAPI document says exactly that.
+_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 255},
+                        {"type": "integer", "minimum": -_INT64, "maximum": _INT64 - 1}]}
+_ENTITY_ID_SCHEMA = {"anyOf": [{"type": "string", "maxLength": 255},
+                               {"type": "integer", "minimum": -_INT64, "maximum": _INT64 - 1}, {"type": "null"}]}
+
+
 class PipedriveMeta(_Lenient):
-    id: str = Field(min_length=1, max_length=255)
+    id: Annotated[str, WithJsonSchema(_ID_SCHEMA)] = Field(min_length=1, max_length=255)
     action: Literal["create", "change", "delete"]
     entity: str = Field(min_length=1, max_length=50)
-    entity_id: str | None = Field(default=None, max_length=255)
-    version: str | None = None
+    entity_id: Annotated[str | None, WithJsonSchema(_ENTITY_ID_SCHEMA)] = Field(default=None, max_length=255)
+    version: str | None = Field(default=None, json_schema_extra={"pattern": "^2"})
 
-    @field_validator("id", "entity_id", "version", mode="before")
+    @field_validator("id", "entity_id", mode="before")
     @classmethod
     def _text(cls, value: Any) -> Any:
-        return None if value is None else str(value) if isinstance(value, int | float) else value
+        # bool is an int subclass and floats would turn into ids like "1e+16": both stay invalid
+        if isinstance(value, int) and not isinstance(value, bool) and -_INT64 <= value < _INT64:
+            return str(value)
+        return value
 
     @field_validator("version")
     @classmethod
@@ -142,6 +158,138 @@ class MaileonBody(_Lenient):
     external_id: Any = None
     timestamp: Any = None
     msg_id: Any = None
+
+
+class Accepted(BaseModel):
+    """200: the delivery is in the inbox (``duplicate``: it already was)."""
+
+    ok: Literal[True] = True
+    delivery_id: str
+    duplicate: bool
+
+
+class Ignored(BaseModel):
+    """200: a Pipedrive entity pmsync does not act on; not stored."""
+
+    ok: Literal[True] = True
+    ignored: str
+
+
+class Problem(BaseModel):
+    """One validation problem: where, and what is wrong (never the offending value)."""
+
+    loc: str
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer of the receiver."""
+
+    ok: Literal[False] = False
+    error: str
+    problems: list[Problem] | None = None
+
+
+class Health(BaseModel):
+    """``GET /healthz``: liveness, inbox backlog, Prefect reachability and outcome counters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ok: Literal[True] = True
+    inbox_pending: int
+    prefect: Literal["disabled", "unknown", "reachable", "unreachable"]
+    events_waiting: int
+    stored: int
+    duplicate: int
+    refused: int
+    invalid: int
+    ignored: int
+
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    reasons = {400: "the body is not JSON", 401: "missing or wrong credentials; nothing was read",
+               404: "unknown Maileon event", 413: "the body is larger than the configured limit",
+               422: "the payload does not validate (field paths only)",
+               503: "the delivery could not be stored; retry later"}
+    out: dict[str, Any] = {}
+    for status in statuses:
+        out[str(status)] = {"description": reasons[status], "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+    if "401" in out:
+        out["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return out
+
+
+def openapi_document(max_body_bytes: int) -> dict[str, Any]:
+    """The receiver's OpenAPI 3.1 document, generated from the models it validates and answers with.
+
+    Credentials are described (HTTP Basic, a ``token`` query parameter), never their values.
+    """
+    _, defs = models_json_schema(
+        [(PipedriveDelivery, "validation"), (MaileonBody, "validation"), (MaileonParams, "validation"),
+         (Accepted, "serialization"), (Ignored, "serialization"), (ErrorBody, "serialization"),
+         (Health, "serialization")],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = defs["$defs"]
+    maileon_params = schemas.pop("MaileonParams")
+    limit = f" Bodies over {max_body_bytes} bytes are refused with 413."
+    json_of = lambda name: {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}  # noqa: E731
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": schema,
+         "description": "required unless the JSON body carries it" if name == "email" else "optional"}
+        for name, schema in maileon_params["properties"].items()
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "pmsync webhook receiver", "version": "1",
+                 "description": (__doc__ or "").split("\n", 1)[0]},
+        "paths": {
+            PIPEDRIVE_PATH: {"post": {
+                "operationId": "pipedrive_webhook",
+                "summary": "A Pipedrive webhook v2 delivery (person and deal events are stored)." + limit,
+                "security": [{"pipedriveBasic": []}],
+                "requestBody": {"required": True, "content": json_of("PipedriveDelivery")},
+                "responses": {
+                    "200": {"description": "stored, a duplicate of a stored delivery, or ignored",
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"$ref": "#/components/schemas/Accepted"},
+                                {"$ref": "#/components/schemas/Ignored"}]}}}},
+                    **_error_responses(400, 401, 413, 422, 503),
+                },
+            }},
+            MAILEON_PATH: {"post": {
+                "operationId": "maileon_webhook",
+                "summary": "A Maileon DOI confirmation or unsubscription callback." + limit,
+                "security": [{"maileonToken": []}],
+                "parameters": [{"name": "event", "in": "path", "required": True,
+                                "schema": {"type": "string", "enum": sorted(MAILEON_EVENTS)}}, *query],
+                "requestBody": {"required": False, "content": json_of("MaileonBody")},
+                "responses": {"200": {"description": "stored, or a duplicate of a stored delivery",
+                                      "content": json_of("Accepted")},
+                              **_error_responses(400, 401, 404, 413, 422, 503)},
+            }},
+            "/healthz": {"get": {
+                "operationId": "health", "security": [],
+                "responses": {"200": {"description": "alive", "content": json_of("Health")},
+                              "503": {"description": "the store is unavailable", "content": json_of("ErrorBody")}},
+            }},
+            OPENAPI_PATH: {"get": {
+                "operationId": "openapi", "security": [],
+                "responses": {"200": {"description": "this document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "pipedriveBasic": {"type": "http", "scheme": "basic",
+                                   "description": "PMSYNC_WEBHOOK_USER / PMSYNC_WEBHOOK_PASSWORD"},
+                "maileonToken": {"type": "apiKey", "in": "query", "name": "token",
+                                 "description": "PMSYNC_WEBHOOK_SECRET"},
+            },
+        },
+    }
 
 
 def maileon_delivery_id(event: str, params: dict[str, str], body: dict[str, Any] | None, received: datetime) -> str:
@@ -347,14 +495,137 @@ def _basic_credentials(header: str | None) -> tuple[str, str]:
     return user, password
 
 
-def _problems(exc: ValidationError) -> list[dict[str, str]]:
+def _problems(exc: ValidationError) -> list[Problem]:
     """Validation errors without the offending input (it could be anything, even a secret)."""
-    return [{"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]} for err in exc.errors()][:20]
+    return [Problem(loc=".".join(str(p) for p in err["loc"]), msg=err["msg"]) for err in exc.errors()][:20]
 
 
-def _json_error(status: int, message: str, **extra: Any) -> JSONResponse:
+def _json_error(status: int, message: str, problems: list[Problem] | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Basic realm="pmsync"'} if status == 401 else None
-    return JSONResponse({"ok": False, "error": message, **extra}, status_code=status, headers=headers)
+    body = ErrorBody(error=message, problems=problems).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+#: Deeper JSON is refused (400): real webhook bodies nest a few levels, and a deep one would only
+#: exhaust the recursion limit somewhere further down (the store's JSON encoder) as a 5xx.
+MAX_JSON_DEPTH = 32
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any, limit: int) -> int:
+    if limit < 0:
+        return 1
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as strict JSON, or ValueError: no NaN/Infinity, no lone surrogates (neither can be
+    stored as JSON text), at most ``MAX_JSON_DEPTH`` levels."""
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    # counting brackets is C-fast; the walk only runs for bodies that could be too deep
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(raw):  # escaped pairs (emoji) are fine, a lone half is not
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("JSON text with an unpaired surrogate") from None
+    return value
+
+
+_INBOX = table_of(InboxEvent)
+
+
+class InboxWriter:
+    """Writes deliveries to the inbox with group commit: one write transaction at a time, holding
+    every delivery that arrived while the previous one committed.
+
+    A delivery's ``put`` returns only after the transaction holding it has committed, so a 2xx still
+    means durable. Why not one ``Store.inbox_put`` per request in the thread pool: on SQLite each
+    commit is an fsync (~1.5 ms with ``synchronous=FULL``), which caps a writer at a few hundred per
+    second, and concurrent writers wait in SQLite's busy handler, which sleeps up to 100 ms between
+    tries. One transaction for all waiting deliveries pays one fsync for all of them.
+
+    The rows and the statement are exactly ``Store.inbox_put``'s (INSERT … ON CONFLICT DO NOTHING
+    RETURNING id on the store's write transaction); the store has no batch form of it yet.
+    """
+
+    def __init__(self, store: Store, max_batch: int = 200) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        # built once: building and cache-keying an INSERT per row costs more than executing it
+        self._insert = (store._insert(_INBOX).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+                        .returning(_INBOX.c.id))
+        self.batches = 0
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, source: str, delivery_id: str, kind: str, entity_id: str | None, body: Any) -> bool:
+        """Store one delivery; False when (source, delivery_id) was already stored. Raises when the
+        store fails (the delivery may then or may not be stored: the sender's retry settles it)."""
+        row = {"source": source, "delivery_id": delivery_id, "kind": kind, "entity_id": entity_id, "body": body,
+               "attempts": 0}
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="pmsync-inbox-writer")
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+                try:
+                    outcomes = await run_in_threadpool(self._write, [row for row, _ in batch])
+                except Exception as exc:
+                    outcomes = [exc] * len(batch)
+                self.batches += 1
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():  # the client went away; the row is stored all the same
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self._task = None
+
+    def _write(self, rows: list[dict[str, Any]]) -> list[bool | Exception]:
+        try:
+            return list(self._transaction(rows))
+        except Exception:
+            if len(rows) == 1:
+                raise
+        # one row the database refuses must not cost the others their 2xx: one transaction each
+        outcomes: list[bool | Exception] = []
+        for row in rows:
+            try:
+                outcomes += self._transaction([row])
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _transaction(self, rows: list[dict[str, Any]]) -> list[bool]:
+        received = datetime.now(UTC)
+        seen: dict[tuple[str, str], bool] = {}
+        out: list[bool] = []
+        with self.store._write() as conn:
+            for row in rows:
+                key = (row["source"], row["delivery_id"])
+                if key in seen:  # concurrent copies of one delivery in one batch: the first stores it
+                    out.append(False)
+                    continue
+                seen[key] = conn.execute(self._insert, {**row, "received_at": received}).first() is not None
+                out.append(seen[key])
+        return out
 
 
 class Receiver:
@@ -374,6 +645,8 @@ class Receiver:
         if not self._secret:
             log.error("PMSYNC_WEBHOOK_SECRET is not set: every Maileon delivery is refused (401)")
         self.counts: dict[str, int] = {"stored": 0, "duplicate": 0, "refused": 0, "invalid": 0, "ignored": 0}
+        self.writer = InboxWriter(store)
+        self.openapi = json.dumps(openapi_document(settings.webhook_max_body_bytes)).encode()
 
     # -- helpers
     def _done(self, what: str, started: float, path: str, status: int, detail: str = "") -> None:
@@ -382,7 +655,7 @@ class Receiver:
                  (time.perf_counter() - started) * 1000)
 
     async def _store(self, source: str, delivery_id: str, kind: str, entity_id: str | None, body: Any) -> bool:
-        return await run_in_threadpool(self.store.inbox_put, source, delivery_id, kind, entity_id, body)
+        return await self.writer.put(source, delivery_id, kind, entity_id, body)
 
     def _accepted(self, source: str, kind: str, delivery_id: str, entity_id: str | None, new: bool) -> JSONResponse:
         task = None
@@ -393,7 +666,7 @@ class Receiver:
                 self.forwarder.submit(event)
 
             task = BackgroundTask(announce)
-        return JSONResponse({"ok": True, "delivery_id": delivery_id, "duplicate": not new}, background=task)
+        return JSONResponse(Accepted(delivery_id=delivery_id, duplicate=not new).model_dump(), background=task)
 
     # -- routes
     async def pipedrive(self, request: Request) -> Response:
@@ -411,7 +684,7 @@ class Receiver:
             self._done("refused", started, path, 413)
             return _json_error(413, f"body larger than {self.settings.webhook_max_body_bytes} bytes")
         try:
-            body = json.loads(raw)
+            body = parse_json(raw)
             delivery = PipedriveDelivery.model_validate(body)
         except ValidationError as exc:
             self._done("invalid", started, path, 422)
@@ -421,8 +694,9 @@ class Receiver:
             return _json_error(400, "body is not JSON")
         meta = delivery.meta
         if meta.entity not in PIPEDRIVE_ENTITIES:
-            self._done("ignored", started, path, 200, meta.entity)
-            return JSONResponse({"ok": True, "ignored": meta.entity})
+            # the entity is the sender's text: logged only when it looks like one (no log injection)
+            self._done("ignored", started, path, 200, meta.entity if meta.entity.isidentifier() else "?")
+            return JSONResponse(Ignored(ignored=meta.entity).model_dump())
         kind = f"{meta.entity}.{meta.action}"
         try:
             new = await self._store("pipedrive", meta.id, kind, delivery.entity_id, body)
@@ -451,7 +725,7 @@ class Receiver:
             return _json_error(413, f"body larger than {self.settings.webhook_max_body_bytes} bytes")
         params = {k: v for k, v in query.items() if k != "token"}
         try:
-            body_json = json.loads(raw) if raw.strip() else None
+            body_json = parse_json(raw) if raw.strip() else None
             body = MaileonBody.model_validate(body_json).model_dump(mode="json") if body_json is not None else None
             if body is not None and "email" not in params and body.get("email"):
                 params["email"] = str(body["email"])
@@ -480,11 +754,15 @@ class Receiver:
         try:
             pending = await run_in_threadpool(self.store.inbox_pending_count)
         except Exception:
-            return JSONResponse({"ok": False, "error": "store unavailable"}, status_code=503)
+            return _json_error(503, "store unavailable")
         prefect = ("disabled" if not self.forwarder.enabled else
                    {None: "unknown", True: "reachable", False: "unreachable"}[self.forwarder.reachable])
-        return JSONResponse({"ok": True, "inbox_pending": pending, "prefect": prefect,
-                             "events_waiting": len(self.forwarder.pending), **self.counts})
+        health = Health(inbox_pending=pending, prefect=prefect, events_waiting=len(self.forwarder.pending),
+                        **self.counts)
+        return JSONResponse(health.model_dump())
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(self.openapi, media_type="application/json")
 
 
 def create_app(
@@ -525,6 +803,7 @@ def create_app(
             Route(PIPEDRIVE_PATH, receiver.pipedrive, methods=["POST"]),
             Route(MAILEON_PATH, receiver.maileon, methods=["POST"]),
             Route("/healthz", receiver.health, methods=["GET"]),
+            Route(OPENAPI_PATH, receiver.openapi_json, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

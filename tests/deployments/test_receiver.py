@@ -218,15 +218,20 @@ def test_events_of_entities_pmsync_does_not_use_are_acknowledged_and_not_stored(
     assert store.inbox_pending_count() == 0 and forwarder.events == []
 
 
-def test_when_the_inbox_cannot_store_the_delivery_the_answer_is_503_so_the_sender_retries(
-    client: TestClient, store: Store, forwarder: RecordingForwarder, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken(*_: Any, **__: Any) -> bool:
-        raise RuntimeError("disk full")
+def break_inbox(store: Store) -> None:
+    """Make the database itself refuse inbox rows (a real store failure, whatever path writes them)."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TRIGGER inbox_refuses BEFORE INSERT ON inbox "
+                             "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
 
-    monkeypatch.setattr(store, "inbox_put", broken)
+
+def test_when_the_inbox_cannot_store_the_delivery_the_answer_is_503_so_the_sender_retries(
+    client: TestClient, store: Store, forwarder: RecordingForwarder
+) -> None:
+    break_inbox(store)
     response = client.post("/webhooks/pipedrive", json=person_change(), headers=basic())
     assert response.status_code == 503 and forwarder.events == []
+    assert client.post(maileon_url("doi"), json=MAILEON_BODY).status_code == 503
 
 
 # --------------------------------------------------------------------------------------- Maileon
