@@ -188,6 +188,7 @@ def run(limit: int, emails: int, persons: int, seed: int) -> dict[str, Any]:
                     pd.state.requests.clear()
                 recorder.log.clear()
                 rt.pipedrive.stats.reset()
+                maileon_before = rt.maileon.stats.calls
                 started = time.perf_counter()
                 settled, failed, actions = unsubscribes_story(account)
                 seconds = time.perf_counter() - started
@@ -199,6 +200,7 @@ def run(limit: int, emails: int, persons: int, seed: int) -> dict[str, Any]:
             with pd.state.lock:
                 log = list(pd.state.requests)
             stats = rt.pipedrive.stats.snapshot()
+            maileon_calls = rt.maileon.stats.calls - maileon_before
         finally:
             rt.close()
     pd.close()
@@ -223,6 +225,7 @@ def run(limit: int, emails: int, persons: int, seed: int) -> dict[str, Any]:
         "pipedrive_requests": len(log),
         "pipedrive_admitted": len(admitted),
         "pipedrive_writes": writes,
+        "maileon_calls": maileon_calls,
         "intended_writes": persons_total + emails,  # a Newsletter PATCH per person + a marketing_status PATCH per email
         "steady_seconds": round(steady_seconds, 2),
         "steady_requests": len(steady),

@@ -1,0 +1,452 @@
+"""Benchmark: what Prefect's engine adds to pmsync's flows, next to the same code as plain functions.
+
+    .venv/bin/python bench/prefect_overhead.py [--repeats 3] [--deals 20000] [--emails 2000]
+                                               [--reconcile-persons 10000] [--only backfill consent reconcile]
+                                               [--json PATH]
+
+Both modes run the same code on the same data:
+
+- **flow**: the real flow (``flows.deals.backfill_deal_events``, ``flows.consent.sync`` with its four
+  subflows, ``flows.reconcile.reconcile``) on a local Prefect test server (``prefect_test_harness``),
+  heartbeats off as in the tests (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY=None``; with them on, every
+  sync flow run waits ~1 s more for the heartbeat thread, prefect-notes §1). The server's start-up is
+  not timed;
+- **plain**: ``flow.fn`` with every task (and subflow) in ``flows.*``/``tasks.*`` swapped for its
+  ``.fn`` – ``.submit`` runs on a 3-thread pool like the reconcile flow's ``ThreadPoolTaskRunner`` –
+  and artifacts and run loggers as no-ops. No engine, no API calls, no state tracking.
+
+Scenarios (the Pipedrive burst window lifted: the engine is measured, not the limiter's waits):
+
+- ``backfill``: a deal backfill of ``--deals`` deals into Maileon contact events (fresh store and
+  Maileon per run);
+- ``consent``: ``sync`` with ``--emails`` persons whose Newsletter says Subscribe (a DOI started and
+  Newsletter=Pending DOI for each), over a freshly seeded account of 2 × emails persons;
+- ``reconcile``: a first full reconcile on an empty store, then a no-change full run, at
+  ``--reconcile-persons`` persons (seeded by ``bench/reconcile.py --serve``; both timed, overhead on
+  their sum).
+
+The simulators run in their own process (they would otherwise share this process's GIL and dilute
+the overhead). Modes alternate (flow first on even repeats, plain first on odd ones); the figure is
+the median over ``--repeats``. After each flow-mode run the script waits until the server has
+recorded every task run (the server digests task-run events asynchronously) so that the backlog does
+not slow the next measurement; that wait is reported apart, not in the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+PD_TOKEN = "bench-pipedrive-token"
+ML_KEY = "bench-maileon-key"
+SINCE = datetime(2000, 1, 1, tzinfo=UTC)
+GOAL_PERCENT = 15.0
+ARTIFACT_FUNCTIONS = ("create_progress_artifact", "update_progress_artifact", "create_markdown_artifact",
+                      "create_table_artifact", "create_link_artifact")  # fmt: skip
+
+
+# ------------------------------------------------------------------------- simulator process
+
+
+def serve(lifetime: float) -> None:
+    """Both simulators over HTTP in this process; the parent seeds them through `/_sim`."""
+    from simulators.common import SimServer
+    from simulators.maileon import MaileonSim
+    from simulators.pipedrive import PipedriveSim
+
+    threading.Timer(lifetime, lambda: os._exit(3)).start()  # self-stopping whatever happens
+    pd, ml = PipedriveSim(token=PD_TOKEN), MaileonSim(api_key=ML_KEY)
+    pd_server, ml_server = SimServer(pd.app, port=0).start(), SimServer(ml.app, port=0).start()
+    print(json.dumps({"pipedrive": pd_server.base_url, "maileon": ml_server.base_url + "/1.0"}), flush=True)
+    sys.stdin.read()
+    os._exit(0)
+
+
+@contextlib.contextmanager
+def sim_process(lifetime: float) -> Iterator[dict[str, str]]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", "--timeout", str(lifetime)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator process ended before it served")
+        yield json.loads(line)
+    finally:
+        with contextlib.suppress(Exception):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def control(base: str, path: str, body: Any = None) -> Any:
+    response = httpx.post(base.removesuffix("/1.0") + path, json=body, timeout=600)
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+# ------------------------------------------------------------------------- plain mode
+
+
+class PlainTask:
+    """A task's function without the engine: calling runs it, ``.submit`` runs it on a thread pool."""
+
+    def __init__(self, fn: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
+        self.fn, self.pool = fn, pool
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.pool.submit(self.fn, *args, **kwargs)
+
+
+def _noop(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def without_engine() -> Iterator[None]:
+    """Swap every Prefect task and flow referenced by a `flows.*` or `tasks.*` module for its plain
+    function (and artifacts / run loggers for no-ops) for the duration of the block."""
+    from prefect import Flow, Task
+
+    pool = ThreadPoolExecutor(max_workers=3)  # the reconcile flow's ThreadPoolTaskRunner(max_workers=3)
+    logger = logging.getLogger("pmsync.bench.plain")
+    swapped: list[tuple[Any, str, Any]] = []
+    import prefect.artifacts
+
+    for attr in ARTIFACT_FUNCTIONS:  # tasks that import them inside a function read them from here
+        swapped.append((prefect.artifacts, attr, getattr(prefect.artifacts, attr)))
+        setattr(prefect.artifacts, attr, _noop)
+    for name, module in list(sys.modules.items()):
+        if not name.startswith(("flows.", "tasks.")) or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            replacement: Any
+            if isinstance(value, Task | Flow):
+                replacement = PlainTask(value.fn, pool)
+            elif attr in ARTIFACT_FUNCTIONS:
+                replacement = _noop
+            elif attr == "get_run_logger":
+                replacement = lambda: logger  # noqa: E731
+            else:
+                continue
+            swapped.append((module, attr, value))
+            setattr(module, attr, replacement)
+    try:
+        yield
+    finally:
+        for module, attr, value in swapped:
+            setattr(module, attr, value)
+        pool.shutdown(wait=True)
+
+
+# ------------------------------------------------------------------------- scenarios
+
+
+def settings_for(urls: dict[str, str], db: Path) -> Any:
+    from pmsync.settings import Settings
+
+    return Settings(_env_file=None, PIPEDRIVE_BASE_URL=urls["pipedrive"], PIPEDRIVE_API_TOKEN=PD_TOKEN,
+                    MAILEON_BASE_URL=urls["maileon"], MAILEON_API_KEY=ML_KEY, PMSYNC_DATABASE_URL=f"sqlite:///{db}",
+                    PMSYNC_TOKEN_BUDGET_PER_RUN=0, PMSYNC_HTTP_TIMEOUT_SECONDS=120,
+                    MAILEON_DOI_MAILING_KEY="doi-mailing-1")  # fmt: skip
+
+
+class Scenario:
+    name = ""
+    describe = ""
+
+    def setup(self, tmp: Path) -> None:
+        """Once per scenario (untimed)."""
+
+    def prepare(self, db: Path) -> Any:
+        """Before each measurement (untimed): fresh data where the run changes it; returns the runtime."""
+        raise NotImplementedError
+
+    def run(self, plain: bool) -> dict[str, float]:
+        """The timed part: {label: seconds}."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """After the scenario."""
+
+
+class Backfill(Scenario):
+    name = "backfill"
+
+    def __init__(self, deals: int, lifetime: float) -> None:
+        self.deals, self.persons, self.lifetime = deals, max(500, deals // 4), lifetime
+        self.describe = f"deal backfill, {deals:,} deals → Maileon contact events"
+        self._sims: contextlib.ExitStack | None = None
+
+    def setup(self, tmp: Path) -> None:
+        self._sims = contextlib.ExitStack()
+        self.urls = self._sims.enter_context(sim_process(self.lifetime))
+        control(self.urls["pipedrive"], "/_sim/config", {"burst_limit": 1_000_000, "daily_budget": 10**12})
+        control(self.urls["pipedrive"], "/_sim/seed", {"persons": self.persons, "deals": self.deals, "seed": 0})
+
+    def prepare(self, db: Path) -> Any:
+        from tasks.runtime import Runtime
+
+        control(self.urls["maileon"], "/_sim/reset")
+        return Runtime.from_settings(settings_for(self.urls, db))
+
+    def run(self, plain: bool) -> dict[str, float]:
+        from flows.deals import backfill_deal_events
+
+        entry = backfill_deal_events.fn if plain else backfill_deal_events
+        started = time.perf_counter()
+        report = entry(since=SINCE, dry_run=False)
+        seconds = time.perf_counter() - started
+        if not report.complete or report.sent.sent == 0:
+            raise RuntimeError(f"backfill incomplete: {report.stopped}")
+        return {"backfill": seconds}
+
+    def teardown(self) -> None:
+        if self._sims is not None:
+            self._sims.close()
+
+
+class Consent(Scenario):
+    name = "consent"
+
+    def __init__(self, emails: int, lifetime: float) -> None:
+        self.emails, self.lifetime = emails, lifetime
+        self.describe = f"consent sync (4 subflows), {emails:,} subscribe requests over {2 * emails:,} persons"
+        self._sims: contextlib.ExitStack | None = None
+
+    def setup(self, tmp: Path) -> None:
+        self._sims = contextlib.ExitStack()
+        self.urls = self._sims.enter_context(sim_process(self.lifetime))
+        control(self.urls["pipedrive"], "/_sim/config", {"burst_limit": 1_000_000, "daily_budget": 10**12})
+
+    def prepare(self, db: Path) -> Any:
+        from pmsync.rules.newsletter import Newsletter
+        from pmsync.rules.status import is_valid_email, normalize_email
+        from tasks.account import load_account
+        from tasks.runtime import Runtime
+
+        control(self.urls["pipedrive"], "/_sim/seed", {"persons": 2 * self.emails, "deals": 0, "seed": 0})
+        control(self.urls["maileon"], "/_sim/reset")
+        rt = Runtime.from_settings(settings_for(self.urls, db))
+        account = load_account(rt, first_setup=True)  # creates the Newsletter field, as `pmsync setup` does
+        value = {"custom_fields": {account.newsletter.key: account.newsletter.option_id(Newsletter.SUBSCRIBE)}}
+        seen: set[str] = set()
+        chosen: list[int] = []
+        for page in rt.pipedrive.iter_person_pages(limit=500):
+            for p in page.items:
+                email = normalize_email(p.emails[0].value) if p.emails and p.emails[0].value else ""
+                if len(chosen) < self.emails and is_valid_email(email) and email not in seen:
+                    seen.add(email)
+                    chosen.append(p.id)
+        with httpx.Client(base_url=self.urls["pipedrive"], timeout=30) as client:
+            for pid in chosen:  # a salesperson's edit in the web app (no tokens, no webhooks registered)
+                client.post(f"/_sim/ui/persons/{pid}", json=value).raise_for_status()
+        rt.pipedrive.stats.reset()
+        rt.cache.clear()
+        return rt
+
+    def run(self, plain: bool) -> dict[str, float]:
+        from flows.consent import sync
+
+        entry = sync.fn if plain else sync
+        started = time.perf_counter()
+        reports = entry(dry_run=False)
+        seconds = time.perf_counter() - started
+        started_doi = sum(r.summary.actions.get("create_maileon_contact_with_doi", 0) for r in reports)
+        if started_doi < self.emails * 0.9:
+            raise RuntimeError(f"consent sync started {started_doi} DOIs for {self.emails} requests: {reports}")
+        return {"consent": seconds}
+
+    def teardown(self) -> None:
+        if self._sims is not None:
+            self._sims.close()
+
+
+class Reconcile(Scenario):
+    name = "reconcile"
+
+    def __init__(self, persons: int, lifetime: float) -> None:
+        self.persons, self.lifetime = persons, lifetime
+        self.describe = f"reconcile at {persons:,} persons: first full run + no-change full run"
+        self._sims: contextlib.ExitStack | None = None
+
+    def setup(self, tmp: Path) -> None:
+        spec = importlib.util.spec_from_file_location("bench_reconcile", ROOT / "bench" / "reconcile.py")
+        assert spec is not None and spec.loader is not None
+        self.bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.bench)
+        self._sims = contextlib.ExitStack()
+        self.urls = self._sims.enter_context(self.bench.simulators(self.persons, self.lifetime))
+
+    def prepare(self, db: Path) -> Any:
+        from tasks.runtime import Runtime
+
+        return Runtime.from_settings(self.bench.settings(self.urls, str(db)))
+
+    def run(self, plain: bool) -> dict[str, float]:
+        from flows.reconcile import reconcile
+
+        entry = reconcile.fn if plain else reconcile
+        out: dict[str, float] = {}
+        for label in ("first_full", "nochange_full"):
+            started = time.perf_counter()
+            report = entry(mode="full", repair_threshold=0.05)
+            out[label] = time.perf_counter() - started
+            if report.status not in ("in_sync", "repaired"):
+                raise RuntimeError(f"reconcile {label}: status {report.status}")
+        return out
+
+    def teardown(self) -> None:
+        if self._sims is not None:
+            self._sims.close()
+
+
+# ------------------------------------------------------------------------- driver
+
+
+def task_run_count(api: str) -> int:
+    return int(httpx.post(f"{api}/task_runs/count", json={}, timeout=30).json())
+
+
+def wait_for_server(api: str, timeout: float = 120.0) -> tuple[float, int]:
+    """Until the task-run count stops growing (the server has digested the run's events)."""
+    started = time.perf_counter()
+    last, stable = task_run_count(api), 0
+    while stable < 2 and time.perf_counter() - started < timeout:
+        time.sleep(0.5)
+        now = task_run_count(api)
+        stable = stable + 1 if now == last else 0
+        last = now
+    return time.perf_counter() - started - 1.0, last  # the last 1 s only confirmed it was idle
+
+
+def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, Any]:
+    from tasks.runtime import use_runtime
+
+    scenario.setup(tmp)
+    samples: dict[str, list[dict[str, float]]] = {"flow": [], "plain": []}
+    digest: list[float] = []
+    task_runs: list[int] = []
+    try:
+        for r in range(repeats):
+            for mode in (("flow", "plain") if r % 2 == 0 else ("plain", "flow")):
+                db = tmp / f"{scenario.name}-{r}-{mode}.db"
+                rt = scenario.prepare(db)
+                before = task_run_count(api)
+                try:
+                    with use_runtime(rt):
+                        if mode == "plain":
+                            with without_engine():
+                                times = scenario.run(plain=True)
+                        else:
+                            times = scenario.run(plain=False)
+                finally:
+                    rt.close()
+                samples[mode].append(times)
+                extra = ""
+                if mode == "flow":
+                    waited, after = wait_for_server(api)
+                    digest.append(waited)
+                    task_runs.append(after - before)
+                    extra = f" (then {waited:.1f} s until the server had recorded {after - before} task runs)"
+                print(f"    {scenario.name:<10} repeat {r + 1} {mode:<5} {sum(times.values()):7.2f} s "
+                      + " ".join(f"{k}={v:.2f}" for k, v in times.items()) + extra, flush=True)  # fmt: skip
+    finally:
+        scenario.teardown()
+    flow_totals = [sum(t.values()) for t in samples["flow"]]
+    plain_totals = [sum(t.values()) for t in samples["plain"]]
+    flow_median, plain_median = statistics.median(flow_totals), statistics.median(plain_totals)
+    overhead = 100.0 * (flow_median - plain_median) / plain_median
+    parts = {label: {"flow": statistics.median(t[label] for t in samples["flow"]),
+                     "plain": statistics.median(t[label] for t in samples["plain"])}
+             for label in samples["flow"][0]}  # fmt: skip
+    return {
+        "describe": scenario.describe,
+        "repeats": repeats,
+        "flow_seconds": flow_totals,
+        "plain_seconds": plain_totals,
+        "flow_median": round(flow_median, 3),
+        "plain_median": round(plain_median, 3),
+        "overhead_percent": round(overhead, 1),
+        "goal_percent": GOAL_PERCENT,
+        "ok": overhead <= GOAL_PERCENT,
+        "parts_median": parts,
+        "task_runs_per_flow_run": statistics.median(task_runs) if task_runs else None,
+        "server_digest_seconds_median": round(statistics.median(digest), 2) if digest else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--deals", type=int, default=20_000)
+    parser.add_argument("--emails", type=int, default=2_000)
+    parser.add_argument("--reconcile-persons", type=int, default=10_000)
+    parser.add_argument("--only", nargs="*", choices=["backfill", "consent", "reconcile"], default=None)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="simulator processes stop after this")
+    parser.add_argument("--json", type=Path, help="also write the figures here as one JSON object")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.timeout)
+        return 0
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    scenarios: list[Scenario] = [Backfill(args.deals, args.timeout), Consent(args.emails, args.timeout),
+                                 Reconcile(args.reconcile_persons, args.timeout)]  # fmt: skip
+    chosen = [s for s in scenarios if args.only is None or s.name in args.only]
+    results: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pmsync-bench-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        with (
+            prefect_test_harness(server_startup_timeout=120),
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        ):
+            api = str(PREFECT_API_URL.value())
+            print(f"Prefect test server up after {time.perf_counter() - t0:.1f} s (not timed); heartbeats off; "
+                  f"{args.repeats} repeats per mode, median reported", flush=True)  # fmt: skip
+            for scenario in chosen:
+                print(f"  {scenario.describe}", flush=True)
+                r = results[scenario.name] = measure(scenario, args.repeats, api, tmp)
+                print(f"  → flow {r['flow_median']:.2f} s, plain {r['plain_median']:.2f} s: overhead "
+                      f"{r['overhead_percent']:+.1f} % (goal ≤ {GOAL_PERCENT:.0f} %), "
+                      f"{r['task_runs_per_flow_run']} task runs per flow run", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"repeats": args.repeats, "heartbeats": False, "goal_percent": GOAL_PERCENT,
+                                         "scenarios": results}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
