@@ -51,6 +51,9 @@ class DemoStack:
     fresh: bool = True
     prefect_port: int | None = None
     fast: bool = True
+    #: pmsync's store (None: SQLite in ``state_dir``) and the Prefect server's database (None: SQLite).
+    database_url: str | None = None
+    prefect_database_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     pipedrive: Any = None
     maileon: Any = None
@@ -82,7 +85,7 @@ class DemoStack:
                 "PIPEDRIVE_API_TOKEN": PIPEDRIVE_TOKEN,
                 "MAILEON_BASE_URL": f"{ml_server.base_url}/1.0",
                 "MAILEON_API_KEY": MAILEON_KEY,
-                "PMSYNC_DATABASE_URL": f"sqlite:///{self.state_dir / 'pmsync.db'}",
+                "PMSYNC_DATABASE_URL": self.database_url or f"sqlite:///{self.state_dir / 'pmsync.db'}",
                 "PMSYNC_WEBHOOK_PASSWORD": secrets.token_urlsafe(24),
                 "PMSYNC_WEBHOOK_SECRET": secrets.token_urlsafe(24),
                 "PMSYNC_WEBHOOK_DEBOUNCE_SECONDS": str(self.debounce_seconds),
@@ -101,11 +104,13 @@ class DemoStack:
 
             from deployments.serve import Service
 
-            on_step("Starting a local Prefect server (SQLite under "
-                    f"{self._short(self.state_dir / 'prefect')}) and serving every deployment …")
+            where = (f"SQLite under {self._short(self.state_dir / 'prefect')}" if not self.prefect_database_url
+                     else "PostgreSQL")
+            on_step(f"Starting a local Prefect server ({where}) and serving every deployment …")
             self.service = Service(self.settings, port=0, state_dir=self.state_dir,
                                    debounce_seconds=self.debounce_seconds, schedules=self.schedules,
-                                   prefect_port=self.prefect_port, fast=self.fast, own_server=True).start()
+                                   prefect_port=self.prefect_port, fast=self.fast, own_server=True,
+                                   prefect_database_url=self.prefect_database_url).start()
             on_step(f"Prefect UI {self.service.ui_url}; receiver {self.receiver_url}; "
                     f"{len(self.service.runner.deployments)} deployments served")
             self.setup()

@@ -9,6 +9,11 @@ reaches pmsync, which stops the runs first and the server last), output in ``ser
 
     with LocalPrefectServer(Path(".pmsync/prefect")) as server:   # ~12 s on a fresh database
         use_api(server.api_url)                                     # this process and its children
+
+The server's database is SQLite by default. ``database_url`` — or ``PREFECT_SERVER_DATABASE_CONNECTION_URL``
+in the environment — puts it on PostgreSQL instead (``postgresql+asyncpg://user@host:5432/db``; the
+database needs the ``pg_trgm`` extension), the first step when one machine is not enough (README,
+"Scaling out").
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ from pathlib import Path
 import httpx
 
 DEFAULT_PORT = 4200
+#: Prefect's own variables that are the user's to choose for the server (its database) and are passed
+#: through; every other PREFECT_* variable is dropped, so a client-side PREFECT_API_URL (or a test
+#: harness's settings) cannot leak into the server.
+PASSED_THROUGH = ("PREFECT_SERVER_DATABASE_", "PREFECT_API_DATABASE_", "PREFECT_SERVER_DEPLOYMENTS_")
+#: Seconds before a run that found its deployment's concurrency slot taken asks again. Prefect's
+#: default, 30 s, would hold a webhook burst that arrives while a drain runs (ENQUEUE) for half a
+#: minute; the drain takes about a second.
+CONCURRENCY_SLOT_WAIT_SECONDS = "1"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,8 +77,11 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
 class LocalPrefectServer:
     """``prefect server start`` in a subprocess with SQLite under ``home`` (its PREFECT_HOME)."""
 
-    def __init__(self, home: Path, *, host: str = "127.0.0.1", port: int | None = None, ui: bool = True) -> None:
+    def __init__(self, home: Path, *, host: str = "127.0.0.1", port: int | None = None, ui: bool = True,
+                 database_url: str | None = None) -> None:
         self.home = Path(home).resolve()
+        #: None: SQLite under ``home`` unless the environment names a database.
+        self.database_url = database_url
         self.host = host
         self.port = port if port is not None else (DEFAULT_PORT if port_is_free(DEFAULT_PORT, host) else free_port(host))
         self.ui = ui
@@ -81,7 +97,11 @@ class LocalPrefectServer:
         return f"{self.url}/api"
 
     def environment(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PREFECT_") or k.startswith(PASSED_THROUGH)}
+        if self.database_url:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
+        env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", CONCURRENCY_SLOT_WAIT_SECONDS)
         env.update({
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -128,6 +148,23 @@ class LocalPrefectServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+    def restarted(self) -> LocalPrefectServer:
+        """Stop this server and start one on the same home, port and database."""
+        self.stop()
+        return LocalPrefectServer(self.home, host=self.host, port=self.port, ui=self.ui,
+                                  database_url=self.database_url).start()
+
+    @property
+    def database(self) -> str:
+        """Where the server keeps its data, for messages (password hidden)."""
+        url = self.database_url or next((v for k, v in os.environ.items()
+                                         if k.startswith(PASSED_THROUGH) and k.endswith("CONNECTION_URL")), None)
+        if not url:
+            return f"SQLite under {self.home}"
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
 
     @property
     def running(self) -> bool:

@@ -91,7 +91,8 @@ def _triggers(spec: dict[str, Any], debounce_seconds: float | None) -> list[Any]
         item = dict(item)
         if debounce_seconds is not None and item.get("type", "event") == "event":
             item["within"] = timedelta(seconds=debounce_seconds)
-            item["schedule_after"] = timedelta(seconds=debounce_seconds)
+            if "collect_seconds" in (item.get("parameters") or {}):
+                item["parameters"] = {**item["parameters"], "collect_seconds": debounce_seconds}
         out.append(DeploymentEventTrigger(**item))
     return out
 
@@ -105,7 +106,7 @@ def deployment_args(
 ) -> list[tuple[Any, dict[str, Any]]]:
     """(flow, deployment options) per entry of ``prefect.yaml`` (``only``: "<flow>/<deployment>" names).
 
-    ``debounce_seconds`` replaces the triggers' ``within`` and ``schedule_after``; ``schedules=False``
+    ``debounce_seconds`` replaces the triggers' ``within`` and ``collect_seconds``; ``schedules=False``
     serves without schedules (the demo runs everything it needs itself). An entrypoint that cannot be
     imported is skipped with a warning (a flow not installed in this checkout).
     """
@@ -267,6 +268,8 @@ class Service:
         prefect_port: int | None = None,
         fast: bool = True,
         own_server: bool = False,
+        prefect_database_url: str | None = None,
+        runner: bool = True,
     ) -> None:
         self.settings = settings
         self.host = host or settings.receiver_host
@@ -279,6 +282,10 @@ class Service:
         self.fast = fast
         #: Start a local Prefect server even when an API URL is configured (demo, tests, benchmarks).
         self.own_server = own_server
+        #: The local server's database (None: SQLite under the state dir, or the environment's choice).
+        self.prefect_database_url = prefect_database_url
+        #: False: the receiver alone (scaled out: workers on other machines run the deployments).
+        self.serve_deployments = runner
         self.local_server: LocalPrefectServer | None = None
         self.receiver: ReceiverServer | None = None
         self.runner: RunnerThread | None = None
@@ -293,7 +300,8 @@ class Service:
                 fast_start.warm()  # the fork server imports the flows while Prefect starts
             self.api_url = None if self.own_server else configured_api_url()
             if not self.api_url:
-                self.local_server = LocalPrefectServer(self.state_dir / "prefect", port=self.prefect_port).start()
+                self.local_server = LocalPrefectServer(self.state_dir / "prefect", port=self.prefect_port,
+                                                       database_url=self.prefect_database_url).start()
                 self._previous_api_url = os.environ.get("PREFECT_API_URL")
                 use_api(self.local_server.api_url)
                 self._settings_context = temporary_settings(updates={PREFECT_API_URL: self.local_server.api_url})
@@ -301,9 +309,11 @@ class Service:
                 self.api_url = self.local_server.api_url
             self.receiver = ReceiverServer(create_app(self.settings, prefect_api_url=self.api_url),
                                            host=self.host, port=self.port).start()
-            deployments = deployment_args(debounce_seconds=self.debounce_seconds, schedules=self.schedules,
-                                          only=self.only)
-            self.runner = RunnerThread(deployments, on_registered=self._drain_leftovers, api_url=self.api_url).start()
+            if self.serve_deployments:
+                deployments = deployment_args(debounce_seconds=self.debounce_seconds, schedules=self.schedules,
+                                              only=self.only)
+                self.runner = RunnerThread(deployments, on_registered=self._drain_leftovers,
+                                           api_url=self.api_url).start()
         except BaseException:
             self.stop()
             raise

@@ -1,7 +1,8 @@
 """Drain the webhook inbox: stored deliveries → consent decisions (and deal events), in batches.
 
-Started by the debounced trigger on the receiver's events (a burst of webhooks → one run, a few
-seconds later) and by a schedule as a safety net (events Prefect never saw, failed deliveries).
+Started by the debounced trigger on the receiver's events (a burst of webhooks → one run, started at
+the first event; it waits until the burst's first delivery is ``collect_seconds`` old, then drains)
+and by a schedule as a safety net (events Prefect never saw, failed deliveries).
 Each pass claims a batch of Maileon and Pipedrive person deliveries, drops pmsync's own echoes,
 settles the rest with the consent sync's ``settle_batch`` (cause_kind ``webhook``, cause = the
 delivery id), hands Pipedrive deal deliveries to the deal-event story (outbox, then send), and marks
@@ -26,6 +27,7 @@ from tasks.inbox import (
     ClaimedBatch,
     claim_deal_webhooks,
     claim_webhooks,
+    collect_burst,
     finish_webhooks,
     merge,
     pending_webhooks,
@@ -54,11 +56,14 @@ class DrainReport(BaseModel):
     deals_sent: SendSummary = Field(default_factory=SendSummary)
     pending_after: int = 0
     stopped_early: str | None = None
+    #: Seconds the run waited for the burst to be collected (the debounce window's remainder).
+    collected_seconds: float = 0.0
 
 
 @flow(name="drain-inbox")
 def drain_inbox(
-    batch_size: int = 100, max_batches: int = 50, dry_run: bool = False, triggered_by: str | None = None
+    batch_size: int = 100, max_batches: int = 50, dry_run: bool = False, triggered_by: str | None = None,
+    collect_seconds: float = 0.0,
 ) -> DrainReport:
     """Process stored webhooks until the inbox is empty (or `max_batches` passes were made).
 
@@ -67,12 +72,15 @@ def drain_inbox(
         max_batches: Stop after this many passes; the rest waits for the next run.
         dry_run: Decide and report, write nothing, leave every delivery in the inbox.
         triggered_by: The Prefect event that started this run (filled in by the webhook trigger).
+        collect_seconds: Debounce: first wait until the oldest new delivery is this many seconds old,
+            so a burst is settled in one pass (the webhook trigger sets PMSYNC_WEBHOOK_DEBOUNCE_SECONDS).
     """
     log = get_run_logger()
     if triggered_by:
         log.info("started by %s", triggered_by)
     account = account_facts()
     report = DrainReport(dry_run=dry_run)
+    report.collected_seconds = collect_burst(collect_seconds) if collect_seconds > 0 else 0.0
     for _ in range(max_batches):
         batch = merge([claim_webhooks(account, "maileon", batch_size),
                        claim_webhooks(account, "pipedrive", batch_size)])

@@ -18,6 +18,7 @@ Inbox conventions (written by ``deployments/receiver.py``):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -283,6 +284,31 @@ def finish_webhooks(done: Iterable[int], failed: dict[int, str] | None = None,
 def prune_webhooks(older_than_days: int = 30) -> int:
     """Delete deliveries processed more than ``older_than_days`` ago."""
     return get_runtime().store.inbox_prune(timedelta(days=older_than_days))
+
+
+def burst_wait(oldest: datetime | None, now: datetime, collect_seconds: float) -> float:
+    """Seconds until the burst that started with the delivery received at ``oldest`` has been collected
+    for ``collect_seconds`` (0 when there is no new delivery or the window is over)."""
+    if oldest is None or collect_seconds <= 0:
+        return 0.0
+    return max(0.0, min(collect_seconds, (oldest - now).total_seconds() + collect_seconds))
+
+
+@task
+def collect_burst(collect_seconds: float) -> float:
+    """Wait until the newest burst of deliveries is ``collect_seconds`` old; returns the seconds waited.
+
+    This is the debounce of the webhook path. The trigger starts the run at a burst's first event and
+    the run waits here, warmed up, until that first delivery's ``received_at`` + the window: the
+    window is timed by the store's own clock, so how long Prefect took to create, schedule and start
+    the run is hidden inside it instead of being added after it (measured: a trigger's
+    ``schedule_after`` plus the runner's pick-up added up to 3 s after the window on this machine).
+    """
+    store = get_runtime().store
+    waited = burst_wait(store.inbox_oldest_new(), datetime.now(UTC), collect_seconds)
+    if waited > 0:
+        time.sleep(waited)
+    return waited
 
 
 @task

@@ -153,6 +153,14 @@ class InboxOps(StoreBase):
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    def inbox_oldest_new(self) -> datetime | None:
+        """When the oldest delivery nobody has tried yet arrived (None: there is none) — the start of
+        the burst a triggered drain collects."""
+        stmt = select(func.min(_INBOX.c.received_at)).where(_INBOX.c.processed_at.is_(None), _INBOX.c.attempts == 0)
+        with self._read() as conn:
+            oldest = conn.execute(stmt).scalar_one()
+        return None if oldest is None else as_utc(oldest)
+
     def inbox_failed(self, min_attempts: int = 1, limit: int = 100) -> list[InboxEvent]:
         """Unprocessed deliveries that failed at least ``min_attempts`` times, most-failed first."""
         stmt = (

@@ -81,9 +81,11 @@ def test_the_webhook_trigger_is_debounced_and_matches_every_event_the_receiver_e
     (raw,) = drain["triggers"]
     trigger = DeploymentEventTrigger(**raw)
     assert trigger.posture == "Reactive" and trigger.threshold == 1
-    # Debounce: the first event starts a run `schedule_after` later; events within `within` start none.
-    # Safe only if the run starts after the window closes: every event of the window is stored by then.
-    assert timedelta(0) < trigger.within <= trigger.schedule_after
+    # Debounce: the first event starts a run at once, events within `within` start none; the run waits
+    # until the burst's first delivery is `collect_seconds` old. Safe only if that wait ends after the
+    # trigger's window closes: every event of the window is stored by then.
+    assert trigger.schedule_after == timedelta(0)
+    assert timedelta(0) < trigger.within <= timedelta(seconds=trigger.parameters["collect_seconds"])
     for name in event_names():
         assert any(matches(pattern, name) for pattern in trigger.expect), name
         assert matches(trigger.match.root["prefect.resource.id"], f"pmsync.inbox.{name.split('.')[2]}")
@@ -132,7 +134,7 @@ def test_serve_can_shorten_the_debounce_and_leave_out_schedules() -> None:
     args = deployment_args(debounce_seconds=1.5, schedules=False)
     drain = next(options for flow, options in args if flow.name == "drain-inbox")
     (trigger,) = drain["triggers"]
-    assert trigger.within == timedelta(seconds=1.5) and trigger.schedule_after == timedelta(seconds=1.5)
+    assert trigger.within == timedelta(seconds=1.5) and trigger.parameters["collect_seconds"] == 1.5
     assert all(options["schedules"] is None for _, options in args)
 
 

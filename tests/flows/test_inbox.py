@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from deployments.receiver import EventForwarder, ReceiverServer, create_app
 from flows.inbox import drain_inbox
 from flows.setup import setup
+from tasks.inbox import burst_wait
 from pmsync.rules.newsletter import Newsletter
 from tasks.runtime import Runtime, use_runtime
 from tests.conftest import SimHandle
@@ -215,3 +217,39 @@ def test_deal_webhooks_are_handed_to_the_deal_event_story_and_reach_maileon_as_c
     assert report.deals_sent.sent == 2
     assert rt.store.inbox_pending_count() == 0
     assert drain_inbox().deals.queued == 0  # nothing twice
+
+
+@pytest.mark.parametrize(("oldest_age", "collect", "wait"), [
+    (None, 5.0, 0.0),   # nothing new: a scheduled safety-net run drains at once
+    (0.0, 5.0, 5.0),    # the burst just began: the whole window
+    (3.5, 5.0, 1.5),    # Prefect took 3.5 s to start the run: only the rest of the window
+    (9.0, 5.0, 0.0),    # Prefect took longer than the window: no wait on top
+    (-2.0, 5.0, 5.0),   # a clock ahead of this one never makes the wait longer than the window
+    (1.0, 0.0, 0.0),    # no debounce asked
+])
+def test_a_triggered_drain_waits_only_for_the_rest_of_the_bursts_window(
+    oldest_age: float | None, collect: float, wait: float
+) -> None:
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    oldest = None if oldest_age is None else now - timedelta(seconds=oldest_age)
+    assert burst_wait(oldest, now, collect) == pytest.approx(wait)
+
+
+def test_a_drain_with_a_collect_window_settles_the_burst_once_its_first_delivery_is_that_old(
+    hooked: tuple[Runtime, ReceiverServer], pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    rt, _ = hooked
+    ui_person(pipedrive_sim, rt, "Bo Burst", "bo@example.org", Newsletter.SUBSCRIBE)
+    settle_webhooks(rt, pipedrive_sim, maileon_sim)
+    first = rt.store.inbox_oldest_new()
+    assert first is not None
+
+    report = drain_inbox(collect_seconds=1.5)
+
+    assert 0 < report.collected_seconds <= 1.5
+    assert report.summary.actions.get("create_maileon_contact_with_doi") == 1
+    assert maileon_contact(maileon_sim, "bo@example.org") is not None
+    # Nothing was written before the window closed: Maileon saw the contact after first + 1.5 s.
+    writes = [r["at"] for r in sim_control(maileon_sim, "/_sim/requests", method="GET")
+              if r["method"] == "POST" and r["path"].startswith("/1.0/contacts/email/")]
+    assert writes and min(writes) >= first.timestamp() + 1.5 - 0.05

@@ -172,3 +172,18 @@ def test_pending_count_filters_by_source_and_kind(store: Store) -> None:
     assert store.inbox_pending_count("pipedrive") == 2
     assert store.inbox_pending_count("pipedrive", ["deal.change"]) == 1
     assert store.inbox_pending_count(kinds=["doi", "deal.change"]) == 2
+
+
+def test_the_oldest_new_delivery_marks_the_start_of_a_burst_and_ignores_done_and_retried_ones(store: Store) -> None:
+    assert store.inbox_oldest_new() is None
+    put(store, "done", minutes=0)
+    put(store, "retried", minutes=1)
+    put(store, "new-a", minutes=3)
+    put(store, "new-b", minutes=2)
+    first = store.inbox_claim_batch("pipedrive", limit=2, claimer="t")
+    ids = {e.delivery_id: e.id for e in first}
+    assert set(ids) == {"done", "retried"}
+    store.inbox_mark_done([ids["done"]])
+    store.inbox_mark_failed(ids["retried"], "boom")
+    # A failed delivery is retried by a later run, it does not open a new burst.
+    assert store.inbox_oldest_new() == T0 + timedelta(minutes=2)
