@@ -16,8 +16,9 @@ attempts, so the answer must be fast and must only be 2xx once the event is safe
 3. payload validated with pydantic (422 with field paths, never input values);
 4. the delivery is written to the durable inbox, keyed by its delivery id (Pipedrive ``meta.id``;
    Maileon: a SHA-256 of event, URL parameters without the token, and body). A repeat of a stored id
-   is answered 200 ``duplicate`` and stored once. If the store fails the answer is 503, so the sender
-   retries: a delivery is never acknowledged unless it is stored;
+   is answered 200 ``duplicate`` and stored once. Writes are group-committed (:class:`InboxWriter`:
+   one transaction for every delivery waiting, each answered after that commit). If the store fails
+   the answer is 503, so the sender retries: a delivery is never acknowledged unless it is stored;
 5. 200, then — after the response — a Prefect event ``pmsync.webhook.<source>.<kind>`` whose id is
    uuid5 of the delivery id (Prefect drops an id it has already seen). Events are posted to
    ``<PREFECT_API_URL>/events`` by one background forwarder; when Prefect is unreachable they are kept
