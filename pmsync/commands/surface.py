@@ -7,7 +7,7 @@ from typing import Any
 
 
 def serve(*, port: int | None = None, host: str | None = None, schedules: bool = True,
-          debounce: float | None = None) -> int:
+          debounce: float | None = None, receiver_only: bool = False) -> int:
     """Run the webhook receiver and serve every deployment (schedules and webhook triggers) until Ctrl-C.
 
     With PREFECT_API_URL unset a local Prefect server is started (SQLite under ./.pmsync/prefect/):
@@ -24,6 +24,11 @@ def serve(*, port: int | None = None, host: str | None = None, schedules: bool =
         Serve the deployments with their schedules (--no-schedules: webhook triggers and manual runs only).
     debounce
         Seconds a burst of webhooks is collected before one run drains it (default PMSYNC_WEBHOOK_DEBOUNCE_SECONDS).
+    receiver_only
+        Run the webhook receiver alone, for scaling out: the deployments are created with
+        `prefect deploy --all` and run by `prefect worker start` on other machines; PREFECT_API_URL
+        must name their Prefect server (the receiver sends its events there) and PMSYNC_DATABASE_URL
+        the shared PostgreSQL store.
     """
     from deployments.serve import Service
     from pmsync.settings import get_settings
@@ -33,9 +38,14 @@ def serve(*, port: int | None = None, host: str | None = None, schedules: bool =
                          ("PMSYNC_WEBHOOK_SECRET", settings.webhook_secret)):
         if not secret.get_secret_value():
             print(f"warning: {name} is not set: the receiver refuses every delivery it would protect")
-    service = Service(settings, host=host, port=port, debounce_seconds=debounce, schedules=schedules)
-    print("Starting" + (" a local Prefect server (SQLite under ./.pmsync/prefect/), " if not _api_url() else " ")
-          + "the webhook receiver and the runner …", flush=True)
+    if receiver_only and not _api_url():
+        print("error: --receiver-only needs PREFECT_API_URL: the Prefect server the workers use (the receiver "
+              "sends its events there)")
+        return 2
+    service = Service(settings, host=host, port=port, debounce_seconds=debounce, schedules=schedules,
+                      runner=not receiver_only)
+    print("Starting" + (f" a local Prefect server ({_local_server_database()}), " if not _api_url() else " ")
+          + ("the webhook receiver …" if receiver_only else "the webhook receiver and the runner …"), flush=True)
     try:
         service.start()
     except KeyboardInterrupt:
@@ -44,12 +54,15 @@ def serve(*, port: int | None = None, host: str | None = None, schedules: bool =
     except RuntimeError as exc:
         print(f"error: {exc}")
         return 1
-    assert service.receiver is not None and service.runner is not None
+    assert service.receiver is not None
     print(f"Receiver:   {service.receiver.url}/webhooks/pipedrive  and  {service.receiver.url}/webhooks/maileon/EVENT")
     print(f"Prefect UI: {service.ui_url}")
-    print(f"Serving {len(service.runner.deployments)} deployments"
-          f"{'' if schedules else ' (schedules off)'}; webhook bursts are drained "
-          f"{service.debounce_seconds:g} s after their first event.")
+    if service.runner is not None:
+        print(f"Serving {len(service.runner.deployments)} deployments"
+              f"{'' if schedules else ' (schedules off)'}; webhook bursts are drained "
+              f"{service.debounce_seconds:g} s after their first event.")
+    else:
+        print("Receiver only: the deployments run on the workers of that Prefect server.")
     if not settings.webhook_url:
         print("Webhooks: run `pmsync setup --webhook-url https://<public address of this receiver>` once.")
     print("Ctrl-C (or SIGTERM) stops everything.", flush=True)
@@ -60,6 +73,15 @@ def serve(*, port: int | None = None, host: str | None = None, schedules: bool =
         service.stop()
     print("Stopped.")
     return 0
+
+
+def _local_server_database() -> str:
+    from pathlib import Path
+
+    from deployments.local_server import LocalPrefectServer
+
+    database = LocalPrefectServer(Path(".pmsync/prefect"), port=0).database
+    return "SQLite under ./.pmsync/prefect/" if database.startswith("SQLite") else f"database {database}"
 
 
 def _api_url() -> str | None:

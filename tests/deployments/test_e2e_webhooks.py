@@ -1,30 +1,89 @@
 """End to end, as issue 6 asks: a Prefect server, the receiver and both simulators; the simulators
 fire real webhooks; debounced triggers start drain runs; both systems end up right — also when
-Prefect was down while a webhook arrived."""
+Prefect was down while a webhook arrived.
+
+Twice: on the embedded default (Prefect server and pmsync's store on SQLite) and on PostgreSQL (the
+Prefect server through ``PREFECT_SERVER_DATABASE_CONNECTION_URL``, the store through
+``PMSYNC_DATABASE_URL``, each in a fresh database created for the module and dropped after it) — the
+path a user takes when one machine is not enough (README, "Scaling out"). The PostgreSQL run skips,
+saying how to start the server, where none answers at ``PMSYNC_TEST_POSTGRES_URL``.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from sqlalchemy.engine import URL, make_url
 
 from deployments.demo import DemoStack, wait_for
-from deployments.local_server import LocalPrefectServer, free_port
+from deployments.local_server import free_port
+from tests.store.conftest import PG_URL, libpq_url, postgres_unavailable
 
 pytestmark = pytest.mark.prefect
 
 DEBOUNCE = 1.0
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
-    # A port of its own (not 4200): the outage test restarts the server on the same port.
-    with DemoStack(tmp_path_factory.mktemp("e2e") / "state", persons=30, deals=5, prefect_port=free_port(),
-                   debounce_seconds=DEBOUNCE, webhook_time_scale=0.05) as s:
+@contextmanager
+def fresh_postgres_database(prefix: str, extensions: tuple[str, ...] = ()) -> Iterator[URL]:
+    """A new database on the test server (dropped afterwards), as a URL without a driver name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(libpq_url(PG_URL), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(PG_URL).set(drivername="postgresql", database=name)
+        with psycopg.connect(libpq_url(url.render_as_string(hide_password=False)), autocommit=True) as conn:
+            for extension in extensions:
+                conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(PG_URL), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    with ExitStack() as resources:
+        urls: dict[str, str] = {}
+        if request.param == "postgres":
+            reason = postgres_unavailable()
+            if reason:
+                pytest.skip(reason)
+            # Prefect's server needs pg_trgm (its docs: PostgreSQL ≥ 14.9 with pg_trgm).
+            prefect_db = resources.enter_context(fresh_postgres_database("prefect_e2e", ("pg_trgm",)))
+            store_db = resources.enter_context(fresh_postgres_database("pmsync_e2e"))
+            urls = {"prefect_database_url": prefect_db.set(drivername="postgresql+asyncpg").render_as_string(
+                        hide_password=False),
+                    "database_url": store_db.set(drivername="postgresql+psycopg").render_as_string(
+                        hide_password=False)}
+        # A port of its own (not 4200): the outage test restarts the server on the same port.
+        s = resources.enter_context(DemoStack(tmp_path_factory.mktemp("e2e") / "state", persons=30, deals=5,
+                                              prefect_port=free_port(), debounce_seconds=DEBOUNCE,
+                                              webhook_time_scale=0.05, **urls))  # type: ignore[arg-type]
         yield s
+
+
+def test_the_stack_runs_on_the_database_it_was_given(stack: DemoStack) -> None:
+    server = stack.service.local_server
+    assert server is not None
+    backend = make_url(stack.settings.database_url).get_backend_name()
+    if server.database_url:
+        assert backend == "postgresql"
+        with psycopg.connect(libpq_url(server.database_url.replace("+asyncpg", "")), autocommit=True) as conn:
+            # Prefect's tables are there, and they hold the deployments this stack registered.
+            (count,) = conn.execute("SELECT count(*) FROM deployment").fetchone() or (0,)
+        assert count >= len(stack.service.runner.deployments)
+        assert not (server.home / "prefect.db").exists()
+    else:
+        assert backend == "sqlite"
+        assert (server.home / "prefect.db").exists()
 
 
 def drain_runs(stack: DemoStack) -> list[dict[str, Any]]:
@@ -90,7 +149,6 @@ def test_a_webhook_stored_while_prefect_is_down_is_processed_after_it_comes_back
 
     server = stack.service.local_server
     assert server is not None
-    home, port = server.home, server.port
     server.stop()  # Prefect is down; the receiver keeps answering
     try:
         attempts_before = len(stack.maileon.dispatcher.attempts)
@@ -104,7 +162,7 @@ def test_a_webhook_stored_while_prefect_is_down_is_processed_after_it_comes_back
         time.sleep(2 * DEBOUNCE + 1)
         assert stack.newsletter_of(pid) == "Pending DOI"  # nothing can run without Prefect
     finally:
-        stack.service.local_server = LocalPrefectServer(home, port=port).start()  # Prefect is back
+        stack.service.local_server = server.restarted()  # Prefect is back (same port, same database)
 
     assert wait_for(lambda: stack.newsletter_of(pid) == "Subscribed", 90), "the stored DOI was never processed"
     assert wait_for(stack.quiet, 60)
