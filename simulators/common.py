@@ -59,6 +59,12 @@ class SimState:
         self.rng = random.Random(seed)
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.RLock()
+        #: Faults injected since the last reset, by kind ("429", "timeout", "webhook_dropped", …).
+        self.fault_counts: dict[str, int] = {}
+
+    def count_fault(self, kind: str, n: int = 1) -> None:
+        with self.lock:
+            self.fault_counts[kind] = self.fault_counts.get(kind, 0) + n
 
     def log_request(self, method: str, path: str, status: int) -> None:
         with self.lock:
@@ -68,13 +74,18 @@ class SimState:
         """A status to fail this request with, or None."""
         with self.lock:
             if self.faults.error_rate and self.rng.random() < self.faults.error_rate:
-                return self.rng.choice(FAULT_STATUSES)
+                status = self.rng.choice(FAULT_STATUSES)
+                self.count_fault(str(status))
+                return status
         return None
 
     def draw_timeout(self) -> bool:
         """Whether to apply this request but hold its response past the client's timeout."""
         with self.lock:
-            return bool(self.faults.timeout_rate) and self.rng.random() < self.faults.timeout_rate
+            late = bool(self.faults.timeout_rate) and self.rng.random() < self.faults.timeout_rate
+            if late:
+                self.count_fault("timeout")
+            return late
 
 
 FaultResponder = Callable[[int], Response]
@@ -195,9 +206,14 @@ class WebhookDispatcher:
         rng = self.state.rng
         with self.state.lock:
             if faults.drop_webhooks and rng.random() < faults.drop_webhooks:
+                self.state.count_fault("webhook_dropped")
                 return
             copies = 2 if faults.duplicate_webhooks and rng.random() < faults.duplicate_webhooks else 1
             jitter = [rng.uniform(0.0, 0.5) if faults.reorder_webhooks else 0.0 for _ in range(copies)]
+            if copies == 2:
+                self.state.count_fault("webhook_duplicated")
+            if faults.reorder_webhooks:
+                self.state.count_fault("webhook_reordered")
         for extra in jitter:
             d = Delivery(**{**delivery.__dict__, "id": next(self._ids)})
             d.body = json.loads(json.dumps(delivery.body)) if delivery.body is not None else None
@@ -293,6 +309,7 @@ def control_routes(
         with state.lock:
             state.faults = Faults()
             state.requests.clear()
+            state.fault_counts.clear()
         if dispatcher:
             dispatcher.clear()
         return JSONResponse({"ok": True})

@@ -141,6 +141,7 @@ class MaileonSim:
         with self.state.lock:
             self.state.faults = Faults()
             self.state.requests.clear()
+            self.state.fault_counts.clear()
             self.state.rng = random.Random(self._seed)
         self.dispatcher.clear()
 

@@ -346,6 +346,7 @@ class PipedriveSim:
         with self.state.lock:
             self.state.faults = Faults()
             self.state.requests.clear()
+            self.state.fault_counts.clear()
         self.dispatcher.clear()
 
     def close(self) -> None:
