@@ -63,8 +63,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connectors.redact import install_log_redaction, register_secret
-from connectors.store import InboxEvent, Store
-from connectors.store.models import table_of
+from connectors.store import InboxDelivery, Store
 from pmsync.settings import Settings
 
 log = logging.getLogger("pmsync.receiver")
@@ -545,9 +544,6 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-_INBOX = table_of(InboxEvent)
-
-
 class InboxWriter:
     """Writes deliveries to the inbox with group commit: one write transaction at a time, holding
     every delivery that arrived while the previous one committed.
@@ -558,25 +554,20 @@ class InboxWriter:
     second, and concurrent writers wait in SQLite's busy handler, which sleeps up to 100 ms between
     tries. One transaction for all waiting deliveries pays one fsync for all of them.
 
-    The rows and the statement are exactly ``Store.inbox_put``'s (INSERT … ON CONFLICT DO NOTHING
-    RETURNING id on the store's write transaction); the store has no batch form of it yet.
+    The transaction is the store's ``inbox_put_many``.
     """
 
     def __init__(self, store: Store, max_batch: int = 200) -> None:
         self.store = store
         self.max_batch = max_batch
-        # built once: building and cache-keying an INSERT per row costs more than executing it
-        self._insert = (store._insert(_INBOX).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
-                        .returning(_INBOX.c.id))
         self.batches = 0
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[InboxDelivery, asyncio.Future[bool]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def put(self, source: str, delivery_id: str, kind: str, entity_id: str | None, body: Any) -> bool:
         """Store one delivery; False when (source, delivery_id) was already stored. Raises when the
         store fails (the delivery may then or may not be stored: the sender's retry settles it)."""
-        row = {"source": source, "delivery_id": delivery_id, "kind": kind, "entity_id": entity_id, "body": body,
-               "attempts": 0}
+        row = InboxDelivery(source, delivery_id, kind, entity_id, body)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((row, future))
         if self._task is None:
@@ -602,9 +593,9 @@ class InboxWriter:
         finally:
             self._task = None
 
-    def _write(self, rows: list[dict[str, Any]]) -> list[bool | Exception]:
+    def _write(self, rows: list[InboxDelivery]) -> list[bool | Exception]:
         try:
-            return list(self._transaction(rows))
+            return list(self.store.inbox_put_many(rows))
         except Exception:
             if len(rows) == 1:
                 raise
@@ -612,24 +603,10 @@ class InboxWriter:
         outcomes: list[bool | Exception] = []
         for row in rows:
             try:
-                outcomes += self._transaction([row])
+                outcomes += self.store.inbox_put_many([row])
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-    def _transaction(self, rows: list[dict[str, Any]]) -> list[bool]:
-        received = datetime.now(UTC)
-        seen: dict[tuple[str, str], bool] = {}
-        out: list[bool] = []
-        with self.store._write() as conn:
-            for row in rows:
-                key = (row["source"], row["delivery_id"])
-                if key in seen:  # concurrent copies of one delivery in one batch: the first stores it
-                    out.append(False)
-                    continue
-                seen[key] = conn.execute(self._insert, {**row, "received_at": received}).first() is not None
-                out.append(seen[key])
-        return out
 
 
 class Receiver:

@@ -25,6 +25,7 @@ schema_version     version                                      migrations
 =================  ===========================================  ======================================
 """
 
+from ._inbox import InboxDelivery
 from ._locks import LockTimeout
 from .engine import StoreError, normalize_url
 from .models import (
@@ -57,6 +58,7 @@ __all__ = [
     "ConsentLedgerEntry",
     "ConsentState",
     "FlowCheckpoint",
+    "InboxDelivery",
     "InboxEvent",
     "LedgerField",
     "LedgerSystem",

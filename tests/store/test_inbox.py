@@ -187,3 +187,28 @@ def test_the_oldest_new_delivery_marks_the_start_of_a_burst_and_ignores_done_and
     store.inbox_mark_failed(ids["retried"], "boom")
     # A failed delivery is retried by a later run, it does not open a new burst.
     assert store.inbox_oldest_new() == T0 + timedelta(minutes=2)
+
+
+def test_several_deliveries_are_stored_in_one_transaction_each_once(store: Store) -> None:
+    from connectors.store import InboxDelivery
+
+    put(store, "old")
+    stored = store.inbox_put_many([
+        InboxDelivery("pipedrive", "new-1", "person.change", 1, {"a": 1}),
+        InboxDelivery("pipedrive", "old", "person.change", 1, {}),      # stored before
+        InboxDelivery("maileon", "new-2", "doi", "a@example.org", b"x=1"),
+        InboxDelivery("pipedrive", "new-1", "person.change", 1, {}),    # twice in one batch
+    ])
+    assert stored == [True, False, True, False]
+    assert store.inbox_pending_count() == 3
+    got = store.inbox_get("maileon", "new-2")
+    assert got is not None and got.body == "x=1" and got.entity_id == "a@example.org"
+
+
+def test_a_batch_with_an_unknown_source_stores_nothing(store: Store) -> None:
+    from connectors.store import InboxDelivery
+
+    with pytest.raises(ValueError):
+        store.inbox_put_many([InboxDelivery("pipedrive", "ok", "person.change", 1, {}),
+                              InboxDelivery("hubspot", "bad", "contact", 1, {})])
+    assert store.inbox_pending_count() == 0
