@@ -1,6 +1,6 @@
 """Benchmark: what Prefect's engine adds to pmsync's flows, next to the same code as plain functions.
 
-    .venv/bin/python bench/prefect_overhead.py [--repeats 3] [--deals 20000] [--emails 2000]
+    .venv/bin/python bench/prefect_overhead.py [--repeats 3] [--deals 10000] [--emails 1000]
                                                [--reconcile-persons 10000] [--only backfill consent reconcile]
                                                [--json PATH]
 
@@ -27,9 +27,12 @@ Scenarios (the Pipedrive burst window lifted: the engine is measured, not the li
 
 The simulators run in their own process (they would otherwise share this process's GIL and dilute
 the overhead). Modes alternate (flow first on even repeats, plain first on odd ones); the figure is
-the median over ``--repeats``. After each flow-mode run the script waits until the server has
-recorded every task run (the server digests task-run events asynchronously) so that the backlog does
-not slow the next measurement; that wait is reported apart, not in the wall time.
+the median over ``--repeats``. Wall time is what the goal is about; this process's CPU time (user +
+sys, every thread: the engine's client side, not the server's) is reported next to it because it
+barely moves when other work shares the machine, while wall time does. After each flow-mode run the
+script waits until the server has recorded every task run (the server digests task-run events
+asynchronously) so that the backlog does not slow the next measurement; that wait is reported
+apart, not in the wall time.
 """
 
 from __future__ import annotations
@@ -281,8 +284,10 @@ class Consent(Scenario):
         reports = entry(dry_run=False)
         seconds = time.perf_counter() - started
         started_doi = sum(r.summary.actions.get("create_maileon_contact_with_doi", 0) for r in reports)
-        if started_doi < self.emails * 0.9:
-            raise RuntimeError(f"consent sync started {started_doi} DOIs for {self.emails} requests: {reports}")
+        # Emails the seed marks unsubscribed are opted out instead: fewer DOIs than requests is right.
+        if started_doi == 0 or any(r.summary.failed for r in reports):
+            raise RuntimeError(f"consent sync: {started_doi} DOIs started, {sum(r.summary.failed for r in reports)} "
+                               "emails failed")  # fmt: skip
         return {"consent": seconds}
 
     def teardown(self) -> None:
@@ -353,6 +358,7 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
 
     scenario.setup(tmp)
     samples: dict[str, list[dict[str, float]]] = {"flow": [], "plain": []}
+    cpu: dict[str, list[float]] = {"flow": [], "plain": []}
     digest: list[float] = []
     task_runs: list[int] = []
     try:
@@ -361,6 +367,7 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
                 db = tmp / f"{scenario.name}-{r}-{mode}.db"
                 rt = scenario.prepare(db)
                 before = task_run_count(api)
+                cpu_started = time.process_time()
                 try:
                     with use_runtime(rt):
                         if mode == "plain":
@@ -370,6 +377,7 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
                             times = scenario.run(plain=False)
                 finally:
                     rt.close()
+                cpu[mode].append(time.process_time() - cpu_started)
                 samples[mode].append(times)
                 extra = ""
                 if mode == "flow":
@@ -378,13 +386,14 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
                     task_runs.append(after - before)
                     extra = f" (then {waited:.1f} s until the server had recorded {after - before} task runs)"
                 print(f"    {scenario.name:<10} repeat {r + 1} {mode:<5} {sum(times.values()):7.2f} s "
-                      + " ".join(f"{k}={v:.2f}" for k, v in times.items()) + extra, flush=True)  # fmt: skip
+                      f"(CPU {cpu[mode][-1]:6.2f} s) " + " ".join(f"{k}={v:.2f}" for k, v in times.items()) + extra, flush=True)  # fmt: skip
     finally:
         scenario.teardown()
     flow_totals = [sum(t.values()) for t in samples["flow"]]
     plain_totals = [sum(t.values()) for t in samples["plain"]]
     flow_median, plain_median = statistics.median(flow_totals), statistics.median(plain_totals)
     overhead = 100.0 * (flow_median - plain_median) / plain_median
+    cpu_flow, cpu_plain = statistics.median(cpu["flow"]), statistics.median(cpu["plain"])
     parts = {label: {"flow": statistics.median(t[label] for t in samples["flow"]),
                      "plain": statistics.median(t[label] for t in samples["plain"])}
              for label in samples["flow"][0]}  # fmt: skip
@@ -396,6 +405,9 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
         "flow_median": round(flow_median, 3),
         "plain_median": round(plain_median, 3),
         "overhead_percent": round(overhead, 1),
+        "cpu_flow_median": round(cpu_flow, 3),
+        "cpu_plain_median": round(cpu_plain, 3),
+        "cpu_overhead_percent": round(100.0 * (cpu_flow - cpu_plain) / cpu_plain, 1),
         "goal_percent": GOAL_PERCENT,
         "ok": overhead <= GOAL_PERCENT,
         "parts_median": parts,
@@ -407,8 +419,8 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path) -> dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--deals", type=int, default=20_000)
-    parser.add_argument("--emails", type=int, default=2_000)
+    parser.add_argument("--deals", type=int, default=10_000)
+    parser.add_argument("--emails", type=int, default=1_000)
     parser.add_argument("--reconcile-persons", type=int, default=10_000)
     parser.add_argument("--only", nargs="*", choices=["backfill", "consent", "reconcile"], default=None)
     parser.add_argument("--timeout", type=float, default=3600.0, help="simulator processes stop after this")
@@ -440,7 +452,8 @@ def main() -> int:
                 print(f"  {scenario.describe}", flush=True)
                 r = results[scenario.name] = measure(scenario, args.repeats, api, tmp)
                 print(f"  → flow {r['flow_median']:.2f} s, plain {r['plain_median']:.2f} s: overhead "
-                      f"{r['overhead_percent']:+.1f} % (goal ≤ {GOAL_PERCENT:.0f} %), "
+                      f"{r['overhead_percent']:+.1f} % (goal ≤ {GOAL_PERCENT:.0f} %); this process's CPU "
+                      f"{r['cpu_flow_median']:.2f} s vs {r['cpu_plain_median']:.2f} s ({r['cpu_overhead_percent']:+.1f} %), "
                       f"{r['task_runs_per_flow_run']} task runs per flow run", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"repeats": args.repeats, "heartbeats": False, "goal_percent": GOAL_PERCENT,
