@@ -320,6 +320,8 @@ def main() -> None:
     parser.add_argument("--rss-sizes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--timeout", type=float, default=3600.0, help="per process, seconds")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--runs", nargs="*", choices=RUNS, default=None,
+                        help="at the --sizes, only these measurements (default: all of them)")
     parser.add_argument("--rss-runs", nargs="*", choices=RUNS, default=None,
                         help="at the --rss-sizes, only these measurements (default: all of them; a no-change run "
                              "needs first_full before it)")  # fmt: skip
@@ -341,7 +343,8 @@ def main() -> None:
         with prefect_server(tmp / "prefect", args.timeout) as api_url:
             print(f"Prefect server (own process): {api_url}", flush=True)
             for size in args.sizes:
-                results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True)
+                results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True,
+                                             only=set(args.runs) if args.runs is not None else None)
             for size in args.rss_sizes:
                 results[str(size)] = measure(size, api_url, tmp, args.timeout, bare=True,
                                              only=set(args.rss_runs) if args.rss_runs is not None else None)
