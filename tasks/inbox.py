@@ -75,13 +75,17 @@ class ClaimedBatch(BaseModel):
     def rounds(self, size: int) -> list[Round]:
         """The work cut into settle calls: each email at most once per call (an email's signals go
         to successive rounds, oldest first), at most ``size`` emails per call."""
-        latest: dict[tuple[str, str, int | None], Work] = {}
-        extra_ids: dict[tuple[str, str, int | None], list[int]] = {}
+        latest: dict[tuple[str, str, int | None, tuple[Any, Any] | None], Work] = {}
+        extra_ids: dict[tuple[str, str, int | None, tuple[Any, Any] | None], list[int]] = {}
         for item in sorted(self.work, key=lambda w: w.at):
             kind: str = item.signal.kind if item.signal is not None else "none"
-            pid = item.signal.person_id if isinstance(item.signal, PipedriveSignal) else None
-            key = (item.email, kind, pid)
-            if key in latest:  # the same kind of news twice: the later one is enough
+            pid, values = None, None
+            if isinstance(item.signal, PipedriveSignal):
+                # A person's changes collapse only when they set the same values: an opt-out followed
+                # by another change of the same person must still be seen (and recorded) as an opt-out.
+                pid, values = item.signal.person_id, (item.signal.newsletter, item.signal.marketing_status)
+            key = (item.email, kind, pid, values)
+            if key in latest:  # the same news twice: the later one is enough
                 extra_ids.setdefault(key, []).append(latest[key].inbox_id)
             latest[key] = item
         per_email: dict[str, list[tuple[Work, list[int]]]] = {}

@@ -23,6 +23,9 @@ consent_mismatch                 a) opted out in Pipedrive (Newsletter=Unsubscri
                                     exists
                                  f) Newsletter=Subscribed, contact live but never       report
                                     confirmed (the rules would only record it)
+                                 g) persons sharing the email show different Newsletter settle
+                                    values (one opted out or subscribed, a twin not, e.g.
+                                    a twin whose webhook was lost)
 missing_in_maileon               c) Newsletter asks for or claims a subscription        settle
                                     (Subscribe / Pending DOI / Subscribed), no live
                                     contact, not opted out
@@ -107,6 +110,7 @@ class Reason(StrEnum):
     CONFIRMED_IN_MAILEON = "DOI confirmed in Maileon, Pipedrive not Subscribed"
     REQUEST_NOT_ACTED_ON = "Subscribe not acted on (unconfirmed contact exists)"
     UNBACKED_SUBSCRIBED = "Newsletter=Subscribed, Maileon contact never confirmed"
+    MEMBERS_DISAGREE = "persons sharing the email show different Newsletter values"
     REQUEST_NOT_SENT = "Subscribe not sent to Maileon"
     REQUEST_AFTER_UNSUBSCRIBE = "Subscribe after an unsubscription in Maileon"
     CLAIM_WITHOUT_CONTACT = "Newsletter claims a subscription, no Maileon contact"
@@ -124,7 +128,7 @@ class Reason(StrEnum):
 SETTLE_REASONS: frozenset[Reason] = frozenset({
     Reason.OPTOUT_IN_PIPEDRIVE, Reason.OPTOUT_IN_MAILEON, Reason.CONFIRMED_IN_MAILEON,
     Reason.REQUEST_NOT_ACTED_ON, Reason.REQUEST_NOT_SENT, Reason.REQUEST_AFTER_UNSUBSCRIBE,
-    Reason.CLAIM_WITHOUT_CONTACT,
+    Reason.CLAIM_WITHOUT_CONTACT, Reason.MEMBERS_DISAGREE,
 })
 
 
@@ -450,6 +454,9 @@ def classify(
     any_subscribed, all_subscribed = _group_any(subscribed_row, starts), _group_all(subscribed_row, starts)
     not_unsubscribed = _group_any(
         (nl != unsub_nl) | (campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED])), starts)
+    # The rules treat the persons of one email together, so members that disagree are drift.
+    members_disagree = (np.maximum.reduceat(nl, starts) != np.minimum.reduceat(nl, starts)
+                        if len(starts) else np.zeros(0, dtype=bool))
     del nl, ms, subscribed_row
 
     # -- Maileon, per email -----------------------------------------------------------------------
@@ -482,6 +489,7 @@ def classify(
     mark(confirmed & ~optout & ~all_subscribed, Reason.CONFIRMED_IN_MAILEON)
     mark(live & ~confirmed & ~optout & request, Reason.REQUEST_NOT_ACTED_ON)
     mark(live & ~confirmed & ~optout & any_subscribed, Reason.UNBACKED_SUBSCRIBED)
+    mark(members_disagree, Reason.MEMBERS_DISAGREE)
 
     is_missing = np.isin(reason, [Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
                                   Reason.CLAIM_WITHOUT_CONTACT.value])

@@ -282,3 +282,16 @@ def test_the_same_person_listed_twice_counts_once() -> None:
 def test_email_keys_are_stable_and_zero_for_missing() -> None:
     keys = d.email_keys(pd.Series(["a@example.org", None, "a@example.org"], dtype=object))
     assert keys[0] == keys[2] != 0 and keys[1] == 0 and keys.dtype == np.uint64
+
+
+def test_persons_sharing_an_email_that_show_different_newsletter_values_go_to_the_consent_rules() -> None:
+    # A twin whose webhook was lost kept an empty Newsletter while its sibling opted out.
+    drift = classify([person(1, "bob@example.org", Newsletter.UNSUBSCRIBED), person(2, "bob@example.org")])
+    assert only(drift)["consent_mismatch"] == [("bob@example.org", Reason.MEMBERS_DISAGREE.value)]
+    assert drift.with_person_ids(drift.settle)["person_ids"].tolist() == [[1, 2]]
+
+
+def test_persons_sharing_an_email_that_agree_are_no_consent_drift() -> None:
+    drift = classify([person(1, "bob@example.org", Newsletter.UNSUBSCRIBED),
+                      person(2, "bob@example.org", Newsletter.UNSUBSCRIBED)])
+    assert "consent_mismatch" not in only(drift) and len(drift.settle) == 0

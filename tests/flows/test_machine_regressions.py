@@ -1,0 +1,83 @@
+"""Regressions found by the convergence machine (tests/flows/test_convergence_machine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.reconcile import reconcile
+from pmsync.rules.newsletter import Newsletter
+from tasks.account import load_account
+from tasks.consent import settle_batch
+from tasks.runtime import Runtime, use_runtime
+from tests.conftest import SimHandle
+from tests.flows.conftest import make_settings
+from tests.flows.engine_free import without_engine
+
+EMAIL = "bob@example.org"
+
+
+@pytest.fixture
+def rt(pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path) -> Iterator[Runtime]:
+    runtime = Runtime.from_settings(make_settings(pipedrive_sim, maileon_sim, tmp_path / "pmsync.db",
+                                                  PMSYNC_REPAIR_THRESHOLD=1.0, PMSYNC_CAMPAIGNS="on"))
+    with use_runtime(runtime), without_engine():
+        yield runtime
+    runtime.close()
+
+
+def test_an_opt_out_on_one_person_reaches_a_twin_sharing_the_email_that_pmsync_never_read(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    account = load_account(rt)
+    option = account.newsletter.option_id(Newsletter.UNSUBSCRIBED)
+    bob = pipedrive_sim.sim.ui_create_person(name="Bob", owner_id=1, emails=[{"value": EMAIL, "primary": True}],
+                                             custom_fields={account.newsletter.key: option})
+    twin = pipedrive_sim.sim.ui_create_person(name="Bob Twin", owner_id=1, emails=[{"value": EMAIL, "primary": True}])
+    # Someone else, so that one repair is below the reconcile's brake (planned / population < 1).
+    pipedrive_sim.sim.ui_create_person(name="Cy", owner_id=1, emails=[{"value": "cy@example.org", "primary": True}])
+
+    settle_batch(account, {EMAIL: None}, {EMAIL: [bob.id]})  # the drain, for bob's change webhook
+    reconcile(mode="full")
+
+    twin_value = pipedrive_sim.sim.person(twin.id)["custom_fields"].get(account.newsletter.key)
+    assert account.newsletter.value_of(twin_value) == Newsletter.UNSUBSCRIBED
+
+
+def test_an_opt_out_followed_by_another_change_of_the_same_person_in_one_drain_is_still_an_opt_out(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    """A salesperson sets marketing_status=unsubscribed, then subscribed, before pmsync runs. The two
+    webhooks of one person were collapsed to the later one, and the opt-out was lost."""
+    from pmsync.rules.status import MarketingStatus
+    from tasks.consent import PipedriveSignal
+    from tasks.inbox import ClaimedBatch, Work
+
+    pipedrive_sim.sim.configure(campaigns_enabled=True, once_only_rule=False, subscriber_cap=None)
+    account = load_account(rt)
+    ann = pipedrive_sim.sim.ui_create_person(name="Ann", owner_id=1, emails=[{"value": "ann@example.org",
+                                                                              "primary": True}])
+    pipedrive_sim.sim.ui_create_person(name="Cy", owner_id=1, emails=[{"value": "cy@example.org", "primary": True}])
+    pipedrive_sim.sim.set_email_status("ann@example.org", "unsubscribed")
+    pipedrive_sim.sim.set_email_status("ann@example.org", "subscribed")
+    t1 = datetime.now(UTC) - timedelta(seconds=2)
+    batch = ClaimedBatch(source="pipedrive", inbox_ids=[1, 2], work=[
+        Work(email="ann@example.org", person_ids=[ann.id], inbox_id=i, at=at,
+             signal=PipedriveSignal(at=at, cause=f"d-{i}", person_id=ann.id, marketing_status=status,
+                                    change_source="app"))
+        for i, at, status in ((1, t1, MarketingStatus.UNSUBSCRIBED),
+                              (2, t1 + timedelta(seconds=1), MarketingStatus.SUBSCRIBED))])
+
+    rounds = batch.rounds(100)
+    assert [r.signals["ann@example.org"].marketing_status for r in rounds] == [  # type: ignore[union-attr]
+        MarketingStatus.UNSUBSCRIBED, MarketingStatus.SUBSCRIBED]
+    for rnd in rounds:  # what the drain does with them
+        settle_batch(account, rnd.signals, rnd.person_ids, cause_kind="webhook")
+
+    person = pipedrive_sim.sim.person(ann.id)
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+    # A salesperson's manual "subscribed" is no consent: the opt-out stands in Campaigns too.
+    assert person["marketing_status"] == "unsubscribed"
