@@ -14,8 +14,8 @@ import pytest
 from deployments.receiver import EventForwarder, ReceiverServer, create_app
 from flows.inbox import drain_inbox
 from flows.setup import setup
-from tasks.inbox import burst_wait
 from pmsync.rules.newsletter import Newsletter
+from tasks.inbox import burst_wait
 from tasks.runtime import Runtime, use_runtime
 from tests.conftest import SimHandle
 from tests.flows.conftest import make_settings, sim_control
