@@ -357,7 +357,7 @@ def section_overhead(r: Report) -> list[str]:
 def section_latency(r: Report) -> list[str]:
     out = ["## Webhook → effect latency", "",
            "Served stack (simulators, Prefect server, receiver, deployments); latency = effect − act − debounce "
-           "(the trigger's schedule_after). Goal from issue 6: p99 ≤ 2 s.", ""]  # fmt: skip
+           "(the webhook path's collect window, PMSYNC_WEBHOOK_DEBOUNCE_SECONDS = 5 s). Goal from issue 6: p99 ≤ 2 s.", ""]  # fmt: skip
     o = r.outcomes.get("webhook_latency")
     if not (o and o.figures):
         return [*out, not_run(o) + ".", ""]
