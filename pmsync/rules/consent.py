@@ -458,15 +458,10 @@ def decide(
             previous=last,
         )
     members = pd.members
-    if not members:
-        return Decision(
-            email=email,
-            actions=(Skip(reason=Reason.NO_MEMBER, detail="no Pipedrive person has this primary email"),),
-            last=last,
-            previous=last,
-        )
     cause = signal.cause if signal is not None else "reconcile"
     read_at = pd.fetched_at or now
+    if not members:
+        return _decide_without_members(email, pd, ml, last, signal, cause, read_at, now)
 
     events = _observe(pd, ml, last, signal, read_at)
     fold = _fold(last, events)
@@ -692,6 +687,32 @@ def decide(
         observed_at=read_at,
     )
     return Decision(email=email, actions=tuple(actions), last=new_last, previous=last, ledger=tuple(ledger))
+
+
+def _decide_without_members(
+    email: str, pd: PipedriveView, ml: MaileonView, last: LastState, signal: Signal | None, cause: str,
+    read_at: datetime, now: datetime,
+) -> Decision:
+    """No Pipedrive person has the email: nothing to write, but an opt-out (an unsubscribe form, a
+    Maileon unsubscription) is the email's, not a person's. It is remembered, so that a person who
+    carries the email later is opted out as the rules say ("members that joined since")."""
+    skip = Skip(reason=Reason.NO_MEMBER, detail="no Pipedrive person has this primary email")
+    optouts = [ev for ev in _observe(pd, ml, last, signal, read_at) if ev.kind == "opt_out"]
+    fold = _fold(last, optouts)
+    if fold.phase is not Phase.OPTED_OUT or last.phase is Phase.OPTED_OUT:
+        return Decision(email=email, actions=(skip,), last=last, previous=last)
+    ledger = tuple(
+        LedgerEntry.model_validate(dict(email=email, person_ids=(), system=ev.system, field="consent", old=None,
+                                        new=ev.kind, event="observed", cause=cause, at=now, note=ev.what))
+        for ev in fold.counted
+    )
+    new_last = last.model_copy(update={
+        "phase": fold.phase, "phase_since": fold.since, "last_unsubscribe_at": fold.last_optout,
+        "maileon_unsubscriptions_seen_until": _latest(last.maileon_unsubscriptions_seen_until,
+                                                      *_unsubscription_rows(ml, signal)),
+        "observed_at": read_at,
+    })
+    return Decision(email=email, actions=(skip,), last=new_last, previous=last, ledger=ledger)
 
 
 def _observe(

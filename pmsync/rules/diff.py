@@ -26,6 +26,9 @@ consent_mismatch                 a) opted out in Pipedrive (Newsletter=Unsubscri
                                  g) persons sharing the email show different Newsletter settle
                                     values (one opted out or subscribed, a twin not, e.g.
                                     a twin whose webhook was lost)
+                                 h) opted out in Pipedrive by marketing_status, no live  settle
+                                    contact, Newsletter not Unsubscribed (its webhook
+                                    was lost)
 missing_in_maileon               c) Newsletter asks for or claims a subscription        settle
                                     (Subscribe / Pending DOI / Subscribed), no live
                                     contact, not opted out
@@ -111,6 +114,7 @@ class Reason(StrEnum):
     REQUEST_NOT_ACTED_ON = "Subscribe not acted on (unconfirmed contact exists)"
     UNBACKED_SUBSCRIBED = "Newsletter=Subscribed, Maileon contact never confirmed"
     MEMBERS_DISAGREE = "persons sharing the email show different Newsletter values"
+    OPTOUT_NOT_SHOWN = "opted out in Pipedrive, Newsletter not Unsubscribed"
     REQUEST_NOT_SENT = "Subscribe not sent to Maileon"
     REQUEST_AFTER_UNSUBSCRIBE = "Subscribe after an unsubscription in Maileon"
     CLAIM_WITHOUT_CONTACT = "Newsletter claims a subscription, no Maileon contact"
@@ -128,7 +132,7 @@ class Reason(StrEnum):
 SETTLE_REASONS: frozenset[Reason] = frozenset({
     Reason.OPTOUT_IN_PIPEDRIVE, Reason.OPTOUT_IN_MAILEON, Reason.CONFIRMED_IN_MAILEON,
     Reason.REQUEST_NOT_ACTED_ON, Reason.REQUEST_NOT_SENT, Reason.REQUEST_AFTER_UNSUBSCRIBE,
-    Reason.CLAIM_WITHOUT_CONTACT, Reason.MEMBERS_DISAGREE,
+    Reason.CLAIM_WITHOUT_CONTACT, Reason.MEMBERS_DISAGREE, Reason.OPTOUT_NOT_SHOWN,
 })
 
 
@@ -454,6 +458,7 @@ def classify(
     any_subscribed, all_subscribed = _group_any(subscribed_row, starts), _group_all(subscribed_row, starts)
     not_unsubscribed = _group_any(
         (nl != unsub_nl) | (campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED])), starts)
+    newsletter_not_unsubscribed = _group_any(nl != unsub_nl, starts)
     # The rules treat the persons of one email together, so members that disagree are drift.
     members_disagree = (np.maximum.reduceat(nl, starts) != np.minimum.reduceat(nl, starts)
                         if len(starts) else np.zeros(0, dtype=bool))
@@ -490,6 +495,7 @@ def classify(
     mark(live & ~confirmed & ~optout & request, Reason.REQUEST_NOT_ACTED_ON)
     mark(live & ~confirmed & ~optout & any_subscribed, Reason.UNBACKED_SUBSCRIBED)
     mark(members_disagree, Reason.MEMBERS_DISAGREE)
+    mark(optout & newsletter_not_unsubscribed, Reason.OPTOUT_NOT_SHOWN)
 
     is_missing = np.isin(reason, [Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
                                   Reason.CLAIM_WITHOUT_CONTACT.value])

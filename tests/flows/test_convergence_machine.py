@@ -499,7 +499,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
         drain_inbox()
         send_deal_events()
         backfill_deal_events(since=self.started_at, until=datetime.now(UTC) + timedelta(days=1), dry_run=False)
-        final = reconcile(mode="full")
+        # The brake (tested in test_reconcile.py) would stop a tiny account whose every email drifts.
+        final = reconcile(mode="full", repair_threshold=2.0)
         assert final.status in ("in_sync", "repaired"), final.status
         self._check_final()
 

@@ -81,3 +81,22 @@ def test_an_opt_out_followed_by_another_change_of_the_same_person_in_one_drain_i
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
     # A salesperson's manual "subscribed" is no consent: the opt-out stands in Campaigns too.
     assert person["marketing_status"] == "unsubscribed"
+
+
+def test_an_unsubscribe_form_for_an_unknown_email_opts_out_the_person_a_later_form_creates(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    """An unsubscribe form creates no CRM person (nothing to keep but the opt-out), yet the opt-out is
+    the email's: a person that later carries the email is opted out too."""
+    from flows.intake import intake
+    from tasks.intake import IntakeSubmission
+
+    pipedrive_sim.sim.configure(campaigns_enabled=True, once_only_rule=False, subscriber_cap=None)
+    account = load_account(rt)
+    first = intake(IntakeSubmission(email="new@example.org", name="Form Sender", unsubscribe=True, source="t"))
+    assert first.person_ids == []
+    later = intake(IntakeSubmission(email="new@example.org", name="Form Sender", source="t"))
+    (pid,) = later.person_ids
+    person = pipedrive_sim.sim.person(pid)
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+    assert person["marketing_status"] == "unsubscribed"

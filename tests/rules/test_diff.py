@@ -295,3 +295,10 @@ def test_persons_sharing_an_email_that_agree_are_no_consent_drift() -> None:
     drift = classify([person(1, "bob@example.org", Newsletter.UNSUBSCRIBED),
                       person(2, "bob@example.org", Newsletter.UNSUBSCRIBED)])
     assert "consent_mismatch" not in only(drift) and len(drift.settle) == 0
+
+
+def test_an_opt_out_by_marketing_status_not_shown_in_the_newsletter_field_goes_to_the_consent_rules() -> None:
+    # Its webhook was lost, and there is no Maileon contact to be in mismatch with.
+    drift = classify([person(1, "cy@example.org", status=MarketingStatus.UNSUBSCRIBED)], campaigns=True)
+    assert only(drift)["consent_mismatch"] == [("cy@example.org", Reason.OPTOUT_NOT_SHOWN.value)]
+    assert len(drift.settle) == 1
