@@ -146,6 +146,57 @@ def test_dry_run_plans_but_writes_nothing_anywhere(
     assert runtime.store.ledger_for_email("dan@example.org") == []
 
 
+def test_sync_is_one_flow_run_that_runs_and_reports_the_four_stories(
+    runtime: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    """The stories run inside `sync`'s own flow run, not as four subflows (each a flow run of its own,
+    ~0.5 s on the server): one new flow run, four StoryReports in order, the stories' tasks as task
+    runs of that flow run tagged with their story, and each story's summary artifact on it."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.consent import STORIES, optouts_to_maileon, subscribers_to_maileon, unsubscribes_to_pipedrive
+
+    setup()
+    ui_person(pipedrive_sim, runtime, "Fay Example", "fay@example.org", Newsletter.SUBSCRIBE)
+    with get_client(sync_client=True) as client:
+        before = {r.id for r in client.read_flow_runs()}
+        reports = sync(dry_run=True)
+        new_runs = [r for r in client.read_flow_runs() if r.id not in before]
+        assert len(new_runs) == 1, [r.name for r in new_runs]
+        run = new_runs[0]
+        assert client.read_flow(run.flow_id).name == "consent-sync"
+
+        names = [name for name, _ in STORIES]
+        assert [r.story for r in reports] == names == [
+            "unsubscribes-to-pipedrive", "optouts-to-maileon", "doi-confirmations-to-pipedrive",
+            "subscribers-to-maileon"]  # fmt: skip
+        assert all(r.dry_run for r in reports)
+        assert reports[-1].summary.actions.get("create_maileon_contact_with_doi") == 1
+
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        artifacts = {a.key for a in client.read_artifacts(flow_run_filter=this_run) if a.key}
+        assert {f"{name}-summary" for name in names} <= artifacts
+
+        # Task runs are recorded from events, asynchronously: wait until every story's tasks show.
+        deadline, story_tags = time.monotonic() + 60, set[str]()
+        while time.monotonic() < deadline:
+            task_runs = client.read_task_runs(flow_run_filter=this_run)
+            story_tags = {t for tr in task_runs for t in tr.tags if t.startswith("story:")}
+            if story_tags == {f"story:{name}" for name in names}:
+                break
+            time.sleep(0.5)
+        assert story_tags == {f"story:{name}" for name in names}
+
+    # The stories remain flows of their own (their scheduled deployments in prefect.yaml).
+    assert [f.name for f in (unsubscribes_to_pipedrive, optouts_to_maileon, subscribers_to_maileon)] == [
+        "unsubscribes-to-pipedrive", "optouts-to-maileon", "subscribers-to-maileon"]  # fmt: skip
+    story = subscribers_to_maileon(dry_run=True)
+    assert story.story == "subscribers-to-maileon" and story.summary.actions.get("create_maileon_contact_with_doi") == 1
+
+
 def test_concurrent_intakes_for_one_email_create_one_person_and_start_one_doi(
     runtime: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
 ) -> None:
