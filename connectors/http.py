@@ -3,9 +3,11 @@
 Resilience lives here once (see ARCHITECTURE.md "Connectors own resilience once" and prefect-notes
 §5 "use a client-side token bucket in the API client and honour 429 + Retry-After"):
 
-- **Limiter.** :class:`HeaderRateLimiter` follows ``x-ratelimit-limit/-remaining/-reset``: when
-  ``remaining`` reaches 0 the next call waits until the window resets. :class:`TokenBucket` is an
-  optional fixed-rate limiter (used for Maileon, which documents no limits and sends no headers).
+- **Limiter.** :class:`HeaderRateLimiter` learns ``x-ratelimit-limit`` and paces this client's own
+  sends over the rolling window (Pipedrive: 2 s), so a full window waits only until its oldest send
+  ages out; ``x-ratelimit-reset`` / ``Retry-After`` are the fallback after a 429 or when the window
+  cannot be derived. :class:`TokenBucket` is an optional fixed-rate limiter (used for Maileon, which
+  documents no limits and sends no headers).
 - **Retries** on 429, 408, 5xx and network errors: exponential backoff with jitter, at least the
   server's ``Retry-After`` / ``x-ratelimit-reset``, bounded by ``max_retries`` and ``backoff_max``.
   A server that asks for a longer wait than ``backoff_max`` gets :class:`RateLimited` straight away.
@@ -26,6 +28,7 @@ Resilience lives here once (see ARCHITECTURE.md "Connectors own resilience once"
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import json as jsonlib
 import logging
@@ -36,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 
@@ -96,38 +99,144 @@ class RetryPolicy:
 # --------------------------------------------------------------------------- limiters
 
 
+class Slot(NamedTuple):
+    """A reserved send time (limiter clock) and how long the caller sleeps until it."""
+
+    at: float
+    wait: float
+
+
+#: Pipedrive's documented burst window: ``x-ratelimit-limit`` requests per rolling 2 s, per token.
+PIPEDRIVE_BURST_WINDOW_SECONDS = 2.0
+
+
 class HeaderRateLimiter:
     """Client-side limiter driven by ``x-ratelimit-*`` response headers.
 
+    **Pacing from the window.** With a known window (``window_seconds``) and a limit learnt from
+    ``x-ratelimit-limit``, the limiter keeps this client's own send times and lets a request go as
+    soon as fewer than ``limit`` sends lie in the rolling window – i.e. when the oldest one ages out –
+    plus ``margin_seconds`` for clock skew between client and server. A send is dated by its
+    response once that arrives (the server admitted it no later), so slow requests err on the safe side.
+    ``x-ratelimit-reset`` is whole seconds rounded up (≥ 1), while the oldest send of a 2 s window
+    often frees its slot after a fraction of that: waiting the full reset lost a quarter of the rate
+    (bench/REPORT.md, "Throughput under the burst limit").
+
+    **Falling back to the headers.** ``x-ratelimit-reset`` (or ``Retry-After``, via :meth:`block_for`
+    after an actual 429) is honoured when the window cannot be derived: no window configured, the
+    limit not known yet, or a response for a narrower window than the one paced (Pipedrive's Search
+    API reports its own 10 / 2 s). When the server reports ``remaining: 0`` for the paced window, the
+    token may be shared with another process whose sends we cannot see: the next send then waits
+    until our own oldest send in that window ages out – an upper bound on when the server's oldest
+    does – but never longer than ``x-ratelimit-reset``.
+
     ``x-ratelimit-reset`` is read as seconds until the window resets (Pipedrive's observed small
     integers); a value that looks like a Unix timestamp is treated as an absolute time.
+
+    The default window is Pipedrive's, the only service here that sends these headers (Maileon sends
+    none, so nothing is learnt and nothing is paced); pass ``window_seconds=None`` for a service whose
+    window is unknown.
     """
 
-    def __init__(self, clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        *,
+        window_seconds: float | None = PIPEDRIVE_BURST_WINDOW_SECONDS,
+        margin_seconds: float = 0.05,
+    ) -> None:
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._blocked_until = 0.0
+        self.window = window_seconds
+        self.margin = margin_seconds
+        #: This client's send times, ascending: the reserved slot (possibly in the future) until the
+        #: response arrives, then the response time.
+        self._sends: list[float] = []
+        #: The limit paced against, and when a response last confirmed it (see :meth:`_learn_limit`).
+        self._pace_limit: int | None = None
+        self._pace_limit_seen = 0.0
         self.limit: int | None = None
         self.remaining: int | None = None
 
-    def wait_time(self) -> float:
-        with self._lock:
-            return max(0.0, self._blocked_until - self._clock())
+    def _window_free_at(self) -> float:
+        """Earliest time at which one more send keeps every window within the limit (lock held)."""
+        if self.window is None or self._pace_limit is None or len(self._sends) < self._pace_limit:
+            return 0.0
+        return self._sends[-self._pace_limit] + self.window + self.margin
 
-    def observe(self, headers: Mapping[str, str]) -> None:
+    def wait_time(self) -> float:
+        """How long a send now would have to wait (a peek: reserves nothing)."""
+        with self._lock:
+            return max(0.0, self._blocked_until - self._clock(), self._window_free_at() - self._clock())
+
+    def reserve(self) -> Slot:
+        """Claim the next send slot. Reserving under the lock (not sleeping under it) means concurrent
+        threads get successive slots instead of all seeing the same free one."""
+        with self._lock:
+            now = self._clock()
+            at = max(now, self._blocked_until, self._window_free_at())
+            if self.window is not None:
+                if self._sends:
+                    # first come, first served; also keeps the list sorted when the limit changes
+                    at = max(at, self._sends[-1])
+                # keep two windows: enough for observe() to look back from a slow response
+                cut = bisect.bisect_right(self._sends, now - 2 * self.window)
+                if cut:
+                    del self._sends[:cut]
+                self._sends.append(at)
+            return Slot(at, at - now)
+
+    def _learn_limit(self, limit: int, now: float) -> bool:
+        """Adopt `limit` for pacing unless a larger one was confirmed within the last window (lock
+        held): Search responses report their own, smaller window, which must not throttle every
+        other call. Returns whether the response speaks of the paced window."""
+        assert self.window is not None
+        stale = now - self._pace_limit_seen > self.window
+        if self._pace_limit is None or limit >= self._pace_limit or stale:
+            self._pace_limit = limit
+        if limit == self._pace_limit:
+            self._pace_limit_seen = now
+            return True
+        return False
+
+    def observe(self, headers: Mapping[str, str], sent_at: float | None = None) -> None:
+        """Read a response's headers; `sent_at` is the request's :class:`Slot` time, if reserved here."""
         remaining = _int_header(headers, "x-ratelimit-remaining")
         limit = _int_header(headers, "x-ratelimit-limit")
         reset = reset_seconds(headers, self._wall)
         with self._lock:
+            now = self._clock()
+            if sent_at is not None and self.window is not None:
+                # The server admitted the request somewhere between its send and now: keep the
+                # response time, an upper bound, so a slow request (GIL, busy cores, network) cannot
+                # make the window look emptier to us than to the server.
+                i = bisect.bisect_left(self._sends, sent_at)
+                if i < len(self._sends) and self._sends[i] == sent_at:
+                    del self._sends[i]
+                    bisect.insort(self._sends, max(now, sent_at))
+            paced = False
             if limit is not None:
                 self.limit = limit
+                if self.window is not None and limit > 0:
+                    paced = self._learn_limit(limit, now)
             if remaining is None:
                 return
             self.remaining = remaining
-            if remaining <= 0:
-                wait = reset if reset is not None and reset > 0 else 1.0
-                self._blocked_until = max(self._blocked_until, self._clock() + wait)
+            if remaining > 0:
+                return
+            fallback = now + (reset if reset is not None and reset > 0 else 1.0)
+            if paced and sent_at is not None and self.window is not None:
+                # the server's window at our send held `limit` requests; its oldest is no younger than
+                # our own oldest in it, so that one ageing out is an upper bound for a free slot
+                first = bisect.bisect_right(self._sends, sent_at - self.window)
+                oldest = self._sends[first] if first < len(self._sends) else sent_at
+                until = min(fallback, min(oldest, sent_at) + self.window + self.margin)
+            else:
+                until = fallback
+            self._blocked_until = max(self._blocked_until, until)
 
     def block_for(self, seconds: float) -> None:
         """Hold every caller for `seconds` (after a 429: the whole client backs off, not one thread)."""
@@ -379,11 +488,15 @@ class HttpCore:
             self.stats.record_wait(seconds)
             self.sleep(seconds)
 
-    def _wait_for_limiters(self) -> None:
+    def _wait_for_limiters(self) -> float | None:
+        """Wait for the limiters; return the header limiter's slot time (for :meth:`observe`)."""
         if self.token_bucket is not None:
             self._pause(self.token_bucket.reserve())
-        if self.header_limiter is not None:
-            self._pause(self.header_limiter.wait_time())
+        if self.header_limiter is None:
+            return None
+        slot = self.header_limiter.reserve()
+        self._pause(slot.wait)
+        return slot.at
 
     # -- the request loop
 
@@ -427,7 +540,7 @@ class HttpCore:
         attempt = 0
         while True:
             self._refuse_while_blocked(method, clean_path)
-            self._wait_for_limiters()
+            sent_at = self._wait_for_limiters()
             try:
                 response = self._client.send(request)
             except _FATAL_TRANSPORT_ERRORS as exc:
@@ -486,7 +599,7 @@ class HttpCore:
             self.stats.record_response(endpoint, status, cost)
             self.profile.observe(response, self.stats)
             if self.header_limiter is not None:
-                self.header_limiter.observe(response.headers)
+                self.header_limiter.observe(response.headers, sent_at)
             self.log.debug("%s %s → %s", self.service, endpoint, status)
             if 300 <= status < 400:
                 location = redact(response.headers.get("location", "?"))
@@ -767,6 +880,7 @@ __all__ = [
     "HttpCore",
     "RetryPolicy",
     "ServiceProfile",
+    "Slot",
     "TokenBucket",
     "is_html",
     "reset_seconds",
