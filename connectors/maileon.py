@@ -202,7 +202,7 @@ class MaileonClient:
             transport=transport,
             sleep=sleep,
             clock=clock,
-            header_limiter=HeaderRateLimiter(clock=clock),
+            header_limiter=HeaderRateLimiter(clock=clock, window_seconds=None),  # Maileon sends no rate headers
             token_bucket=TokenBucket(requests_per_second, burst, clock=clock)
             if requests_per_second
             else None,

@@ -38,6 +38,7 @@ from pydantic import BaseModel, SecretStr
 
 from connectors.errors import InvalidInputError, NotFoundError
 from connectors.http import (
+    PIPEDRIVE_BURST_WINDOW_SECONDS,
     CallStats,
     Clock,
     HeaderRateLimiter,
@@ -203,7 +204,7 @@ class PipedriveClient:
     ) -> None:
         token = api_token.get_secret_value() if isinstance(api_token, SecretStr) else api_token
         self.base_url = base_url.rstrip("/")
-        self.limiter = HeaderRateLimiter(clock=clock)
+        self.limiter = HeaderRateLimiter(clock=clock, window_seconds=PIPEDRIVE_BURST_WINDOW_SECONDS)
         self._core = HttpCore(
             profile=PipedriveProfile(),
             base_url=self.base_url,
