@@ -122,6 +122,9 @@ PIPEDRIVE_ECHO_WINDOW = timedelta(minutes=10)
 _JUST_AFTER = timedelta(microseconds=1)
 #: Pipedrive's timestamps have second precision.
 _PD_TIME_RESOLUTION = timedelta(seconds=1)
+#: So have Maileon's report and webhook timestamps (``yyyy-mm-dd hh:mm:ss``): an unsubscription
+#: shown as 10:00:00 may have happened at 10:00:00.9, after a DOI pmsync started at 10:00:00.2.
+_ML_TIME_RESOLUTION = timedelta(seconds=1)
 
 MS = MarketingStatus
 Phase = ConsentPhase
@@ -780,7 +783,9 @@ def _observe(
     # Maileon opt-out: unsubscription rows newer than the watermark, less pmsync's own echoes.
     news, _ = _maileon_news(ml, signal, last, read_at)
     if news:
-        events.append(_Event("opt_out", max(news), "maileon", "unsubscribed in Maileon"))
+        # Opt-outs are dated by their upper bound: "newer than" is concluded only when certain.
+        at = min(read_at, max(news) + _ML_TIME_RESOLUTION - _JUST_AFTER)
+        events.append(_Event("opt_out", at, "maileon", "unsubscribed in Maileon"))
     elif ml.unsubscribed and not last.maileon_opted_out:
         # Newly unsubscribed, but no row to date it: as late as possible.
         events.append(_Event("opt_out", read_at, "maileon", "unsubscribed in Maileon (undated)"))
@@ -823,7 +828,7 @@ def _maileon_news(
     news = [t for t in _unsubscription_rows(ml, signal) if _after(t, last.maileon_unsubscriptions_seen_until)]
     waiting: list[datetime] = []
     for sent in sorted(last.maileon_unsubscribes_sent):
-        echo = next((t for t in news if sent <= t <= sent + MAILEON_ECHO_WINDOW), None)
+        echo = next((t for t in news if sent - _ML_TIME_RESOLUTION < t <= sent + MAILEON_ECHO_WINDOW), None)
         if echo is not None:
             news.remove(echo)
         elif sent + MAILEON_ECHO_WINDOW >= read_at:

@@ -100,3 +100,21 @@ def test_an_unsubscribe_form_for_an_unknown_email_opts_out_the_person_a_later_fo
     person = pipedrive_sim.sim.person(pid)
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
     assert person["marketing_status"] == "unsubscribed"
+
+
+def test_an_unsubscribe_right_after_an_intake_started_the_doi_wins_over_that_request(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    """The recipient unsubscribes from the DOI mail within the second the form started it."""
+    from flows.intake import intake
+    from tasks.intake import IntakeSubmission
+
+    account = load_account(rt)
+    pipedrive_sim.sim.ui_create_person(name="Cy", owner_id=1, emails=[{"value": "cy@example.org", "primary": True}])
+    ann = pipedrive_sim.sim.ui_create_person(name="Ann", owner_id=1,
+                                             emails=[{"value": "ann@example.org", "primary": True}])
+    intake(IntakeSubmission(email="ann@example.org", name="Ann", consent=True, double_opt_in=True, source="t"))
+    maileon_sim.sim.unsubscribe("ann@example.org", source="link")
+    reconcile(mode="full", repair_threshold=2.0)
+    person = pipedrive_sim.sim.person(ann.id)
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED

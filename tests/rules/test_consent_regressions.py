@@ -66,3 +66,29 @@ def test_an_opt_out_made_in_the_same_second_as_the_previous_read_is_still_newer_
     )
     assert "unsubscribe_maileon" in [a.kind for a in second.actions]
     assert second.phase.value == "opted_out"
+
+
+def test_a_maileon_unsubscription_dated_to_the_second_of_the_doi_request_still_beats_the_request() -> None:
+    """Found by the convergence machine: the recipient unsubscribed 50 ms after an intake started the
+    DOI; Maileon's report said hh:mm:ss, which read as earlier than the request, so the opt-out was
+    ignored and the person stayed Pending DOI."""
+    from pmsync.rules.consent import Intake, MaileonUnsubscribed
+    from pmsync.rules.views import ConsentPhase
+
+    t = datetime(2026, 11, 22, 18, 51, 9, 144_792, tzinfo=UTC)
+    pending = decide(
+        PipedriveView(email="ann@example.org", persons=(PersonView(person_id=2),), campaigns_enabled=False,
+                      fetched_at=t),
+        MaileonView(), LastState(),
+        Intake(at=t, cause="intake:form", consent=True, double_opt_in=True), now=t,
+    )
+    assert pending.last.phase is ConsentPhase.PENDING
+    later = t + timedelta(seconds=1)
+    unsubscribed_at = t.replace(microsecond=0)  # 18:51:09.194, as the report shows it
+    d = decide(
+        PipedriveView(email="ann@example.org", persons=(PersonView(person_id=2, newsletter=Newsletter.PENDING_DOI),),
+                      campaigns_enabled=False, fetched_at=later),
+        MaileonView(unsubscribed=True, last_unsubscribe_at=unsubscribed_at), pending.last,
+        MaileonUnsubscribed(at=unsubscribed_at, cause="maileon-report:ann"), now=later,
+    )
+    assert d.last.phase is ConsentPhase.OPTED_OUT
