@@ -780,6 +780,17 @@ def _observe(
                                      f"marketing_status=unsubscribed on person {m.person_id} "
                                      "(webhook; changed since)", (m.person_id,)))
 
+    # A webhook's opt-out made on a person that has left the email since (its email changed, it was
+    # deleted): the webhook carried this email, so the opt-out was this email's.
+    if sig_pd is not None and sig_pd.person_id not in member_ids and not sig_pd.by_pmsync:
+        gone = last.persons.get(sig_pd.person_id)
+        opted = sig_pd.newsletter is Newsletter.UNSUBSCRIBED or (
+            pd.campaigns_enabled and sig_pd.marketing_status is MS.UNSUBSCRIBED)
+        if opted and not _pd_echo(sig_pd, gone) and _after(sig_pd.at, last.last_unsubscribe_at):
+            events.append(_Event("opt_out", sig_pd.at, "pipedrive",
+                                 f"opted out on person {sig_pd.person_id} (webhook; the person has left the email "
+                                 "since)"))
+
     # Maileon opt-out: unsubscription rows newer than the watermark, less pmsync's own echoes.
     news, _ = _maileon_news(ml, signal, last, read_at)
     if news:

@@ -29,6 +29,9 @@ consent_mismatch                 a) opted out in Pipedrive (Newsletter=Unsubscri
                                  h) opted out in Pipedrive by marketing_status, no live  settle
                                     contact, Newsletter not Unsubscribed (its webhook
                                     was lost)
+                                 i) opted out in Pipedrive, Campaigns on, a member's     settle
+                                    marketing_status not unsubscribed (e.g. an email
+                                    changed to a new address after the opt-out)
 missing_in_maileon               c) Newsletter asks for or claims a subscription        settle
                                     (Subscribe / Pending DOI / Subscribed), no live
                                     contact, not opted out
@@ -115,6 +118,7 @@ class Reason(StrEnum):
     UNBACKED_SUBSCRIBED = "Newsletter=Subscribed, Maileon contact never confirmed"
     MEMBERS_DISAGREE = "persons sharing the email show different Newsletter values"
     OPTOUT_NOT_SHOWN = "opted out in Pipedrive, Newsletter not Unsubscribed"
+    OPTOUT_NOT_IN_CAMPAIGNS = "opted out in Pipedrive, marketing_status not unsubscribed"
     REQUEST_NOT_SENT = "Subscribe not sent to Maileon"
     REQUEST_AFTER_UNSUBSCRIBE = "Subscribe after an unsubscription in Maileon"
     CLAIM_WITHOUT_CONTACT = "Newsletter claims a subscription, no Maileon contact"
@@ -132,7 +136,7 @@ class Reason(StrEnum):
 SETTLE_REASONS: frozenset[Reason] = frozenset({
     Reason.OPTOUT_IN_PIPEDRIVE, Reason.OPTOUT_IN_MAILEON, Reason.CONFIRMED_IN_MAILEON,
     Reason.REQUEST_NOT_ACTED_ON, Reason.REQUEST_NOT_SENT, Reason.REQUEST_AFTER_UNSUBSCRIBE,
-    Reason.CLAIM_WITHOUT_CONTACT, Reason.MEMBERS_DISAGREE, Reason.OPTOUT_NOT_SHOWN,
+    Reason.CLAIM_WITHOUT_CONTACT, Reason.MEMBERS_DISAGREE, Reason.OPTOUT_NOT_SHOWN, Reason.OPTOUT_NOT_IN_CAMPAIGNS,
 })
 
 
@@ -459,6 +463,9 @@ def classify(
     not_unsubscribed = _group_any(
         (nl != unsub_nl) | (campaigns_enabled & (ms == STATUS_CODES[MarketingStatus.SUBSCRIBED])), starts)
     newsletter_not_unsubscribed = _group_any(nl != unsub_nl, starts)
+    # bounced is read-only; every other status can (and after an opt-out must) become unsubscribed
+    status_not_unsubscribed = campaigns_enabled & _group_any(
+        (ms != unsub_st) & (ms != STATUS_CODES[MarketingStatus.BOUNCED]) & (ms != NONE), starts)
     # The rules treat the persons of one email together, so members that disagree are drift.
     members_disagree = (np.maximum.reduceat(nl, starts) != np.minimum.reduceat(nl, starts)
                         if len(starts) else np.zeros(0, dtype=bool))
@@ -496,6 +503,7 @@ def classify(
     mark(live & ~confirmed & ~optout & any_subscribed, Reason.UNBACKED_SUBSCRIBED)
     mark(members_disagree, Reason.MEMBERS_DISAGREE)
     mark(optout & newsletter_not_unsubscribed, Reason.OPTOUT_NOT_SHOWN)
+    mark(optout & status_not_unsubscribed, Reason.OPTOUT_NOT_IN_CAMPAIGNS)
 
     is_missing = np.isin(reason, [Reason.REQUEST_NOT_SENT.value, Reason.REQUEST_AFTER_UNSUBSCRIBE.value,
                                   Reason.CLAIM_WITHOUT_CONTACT.value])

@@ -92,3 +92,22 @@ def test_a_maileon_unsubscription_dated_to_the_second_of_the_doi_request_still_b
         MaileonUnsubscribed(at=unsubscribed_at, cause="maileon-report:ann"), now=later,
     )
     assert d.last.phase is ConsentPhase.OPTED_OUT
+
+
+def test_an_opt_out_made_on_a_person_that_left_the_email_before_the_webhook_was_settled_still_counts() -> None:
+    """Found by the convergence machine: bob's twin opted out, then its email was changed; the drain
+    settled bob@ for the webhook, whose person was no longer a member, and dropped the opt-out."""
+    from pmsync.rules.consent import PipedrivePersonChange, SetNewsletter
+    from pmsync.rules.views import ConsentPhase
+
+    t = datetime(2026, 11, 22, 19, 0, tzinfo=UTC)
+    d = decide(
+        PipedriveView(email="bob@example.org", persons=(PersonView(person_id=2),), campaigns_enabled=False,
+                      fetched_at=t + timedelta(seconds=5)),
+        MaileonView(), LastState(),
+        PipedrivePersonChange(at=t, cause="d-1", person_id=3, newsletter=Newsletter.UNSUBSCRIBED, change_source="app"),
+        now=t + timedelta(seconds=5),
+    )
+    assert d.last.phase is ConsentPhase.OPTED_OUT
+    assert any(isinstance(a, SetNewsletter) and a.person_ids == (2,) and a.value is Newsletter.UNSUBSCRIBED
+               for a in d.actions)

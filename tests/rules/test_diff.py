@@ -302,3 +302,13 @@ def test_an_opt_out_by_marketing_status_not_shown_in_the_newsletter_field_goes_t
     drift = classify([person(1, "cy@example.org", status=MarketingStatus.UNSUBSCRIBED)], campaigns=True)
     assert only(drift)["consent_mismatch"] == [("cy@example.org", Reason.OPTOUT_NOT_SHOWN.value)]
     assert len(drift.settle) == 1
+
+
+def test_an_opt_out_whose_marketing_status_is_not_unsubscribed_goes_to_the_consent_rules_where_campaigns_is_on() -> None:
+    # An email changed to a new address after the opt-out: the new address starts at no_consent.
+    rows = [person(1, "moved@example.org", Newsletter.UNSUBSCRIBED, status=MarketingStatus.NO_CONSENT)]
+    assert only(classify(rows, campaigns=True))["consent_mismatch"] == [
+        ("moved@example.org", Reason.OPTOUT_NOT_IN_CAMPAIGNS.value)]
+    assert "consent_mismatch" not in only(classify(rows, campaigns=False))
+    bounced = [person(1, "b@example.org", Newsletter.UNSUBSCRIBED, status=MarketingStatus.BOUNCED)]
+    assert "consent_mismatch" not in only(classify(bounced, campaigns=True))  # bounced is read-only
