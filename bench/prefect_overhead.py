@@ -37,8 +37,9 @@ the median over ``--repeats``. Wall time is what the goal is about; this process
 sys, every thread: the engine's client side, not the server's) is reported next to it because it
 barely moves when other work shares the machine, while wall time does. After each flow-mode run the
 script waits until the server has recorded every task run (the server digests task-run events
-asynchronously) so that the backlog does not slow the next measurement; that wait is reported
-apart, not in the wall time.
+asynchronously), and before every run (either mode) until the server and simulator processes are
+quiet (< 10 % of a core), so that one run's backlog does not slow the next measurement; those waits
+are reported apart, not in the wall time.
 
 Calibration (before the scenarios, same server and settings): the fixed cost of one flow run (an empty
 flow, median of 10 calls; also with heartbeats on) and of one task run (a flow calling a no-op task 200
@@ -417,6 +418,34 @@ def wait_for_server(api: str, timeout: float = 120.0) -> tuple[float, int]:
     return time.perf_counter() - started - 1.0, last  # the last 1 s only confirmed it was idle
 
 
+def wait_for_quiet(timeout: float = 30.0, window: float = 0.5, threshold: float = 0.10) -> float:
+    """Until this process's children (the Prefect server, the simulators) use < `threshold` of a core
+    over `window` s. A flow run leaves the server persisting events and logs after its task runs are
+    recorded, and seeding leaves a simulator busy: without this, that work lands on whichever run
+    comes next (a run after a flow run measured 1.5–3 s slower in either mode)."""
+    started = time.perf_counter()
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil ships with this venv
+        time.sleep(1.0)
+        return time.perf_counter() - started
+
+    def cpu() -> float:
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                total += t.user + t.system
+        return total
+
+    while time.perf_counter() - started < timeout:
+        before = cpu()
+        time.sleep(window)
+        if cpu() - before < threshold * window:
+            break
+    return time.perf_counter() - started
+
+
 def measure(scenario: Scenario, repeats: int, api: str, tmp: Path, costs: dict[str, Any]) -> dict[str, Any]:
     from tasks.runtime import use_runtime
 
@@ -431,6 +460,7 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path, costs: dict[s
             for mode in (("flow", "plain") if r % 2 == 0 else ("plain", "flow")):
                 db = tmp / f"{scenario.name}-{r}-{mode}.db"
                 rt = scenario.prepare(db)
+                quiet = wait_for_quiet()
                 before, flows_before = task_run_count(api), flow_run_count(api)
                 cpu_started = time.process_time()
                 try:
@@ -452,6 +482,7 @@ def measure(scenario: Scenario, repeats: int, api: str, tmp: Path, costs: dict[s
                     task_runs.append(after - before)
                     extra = (f" ({flow_runs[-1]} flow runs; then {waited:.1f} s until the server had recorded "
                              f"{after - before} task runs)")
+                extra += f" [waited {quiet:.1f} s for a quiet server and simulators before it]"
                 print(f"    {scenario.name:<10} repeat {r + 1} {mode:<5} {sum(times.values()):7.2f} s "
                       f"(CPU {cpu[mode][-1]:6.2f} s) " + " ".join(f"{k}={v:.2f}" for k, v in times.items()) + extra, flush=True)  # fmt: skip
     finally:
