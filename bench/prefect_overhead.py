@@ -57,7 +57,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +71,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import serving_process  # noqa: E402
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -100,24 +101,8 @@ def serve(lifetime: float) -> None:
     os._exit(0)
 
 
-@contextlib.contextmanager
-def sim_process(lifetime: float) -> Iterator[dict[str, str]]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", "--timeout", str(lifetime)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the simulator process ended before it served")
-        yield json.loads(line)
-    finally:
-        with contextlib.suppress(Exception):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        if proc.poll() is None:
-            proc.kill()
+def sim_process(lifetime: float) -> Any:
+    return serving_process([sys.executable, __file__, "--serve", "--timeout", str(lifetime)], ROOT)
 
 
 def control(base: str, path: str, body: Any = None) -> Any:

@@ -44,6 +44,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import serving_process
+
 PD_TOKEN = "bench-pipedrive-token"
 ML_KEY = "bench-maileon-key"
 SUBSCRIBED_SHARE = 0.70
@@ -241,24 +243,8 @@ def prefect_server(home: Path, timeout: float) -> Any:
             proc.kill()
 
 
-@contextlib.contextmanager
 def simulators(persons: int, timeout: float) -> Any:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(persons), "--timeout", str(timeout)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the simulator process ended before it served")
-        yield json.loads(line)
-    finally:
-        with contextlib.suppress(Exception):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        if proc.poll() is None:
-            proc.kill()
+    return serving_process([sys.executable, __file__, "--serve", str(persons), "--timeout", str(timeout)], ROOT)
 
 
 def run_worker(what: str, urls: dict[str, Any], db: Path, mode: str, api_url: str, timeout: float) -> dict[str, Any]:

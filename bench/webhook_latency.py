@@ -35,19 +35,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import percentile
 from deployments.demo import DemoStack, wait_for
 
 #: The parts of a sample, from the drain run's own times (see the module docstring).
 PARTS = ("act_to_created", "created_to_started", "started_to_effect")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def drain_runs(api: str, since: datetime) -> list[dict[str, Any]]:

@@ -8,7 +8,12 @@ the session's Prefect test harness (whose settings would otherwise shadow the lo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from connectors.store import Store
 
 
 def _tier(item: pytest.Item) -> int:
@@ -22,3 +27,11 @@ def _tier(item: pytest.Item) -> int:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=_tier)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh SQLite store (the receiver's inbox) for one test."""
+    s = Store.from_url(f"sqlite:///{tmp_path / 'pmsync.db'}")
+    yield s
+    s.close()

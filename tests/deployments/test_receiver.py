@@ -48,13 +48,6 @@ class RecordingForwarder(EventForwarder):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.from_url(f"sqlite:///{tmp_path / 'pmsync.db'}")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(_env_file=None, PMSYNC_DATABASE_URL=f"sqlite:///{tmp_path / 'pmsync.db'}",  # type: ignore[call-arg]
                     PMSYNC_WEBHOOK_PASSWORD=PASSWORD, PMSYNC_WEBHOOK_SECRET=SECRET,

@@ -1,0 +1,1 @@
+"""Benchmark scripts (run them as files: ``.venv/bin/python bench/report.py``); shared helpers in ``bench.common``."""
