@@ -201,7 +201,19 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
         work.append(Work(email=email, signal=signal, person_ids=[person_id], inbox_id=row.id or 0, at=at))
     old = _primary(previous.get("emails")) if previous is not None else None
     if old and old != email and is_valid_email(old):
-        work.append(Work(email=old, inbox_id=row.id or 0, at=at))
+        # The Newsletter value the person had while it carried the old email: an opt-out it takes
+        # away is still that email's (its own webhook may have been lost).
+        before = (previous or {}).get("custom_fields") or {}
+        fields = before if key in before or data is None else (data.get("custom_fields") or {})
+        try:
+            left = account.newsletter.value_of(fields.get(key))
+        except ValueError:
+            left = None
+        signal = None
+        if left is Newsletter.UNSUBSCRIBED:
+            signal = PipedriveSignal(at=at, cause=row.delivery_id, person_id=person_id, newsletter=left,
+                                     change_source=source)
+        work.append(Work(email=old, signal=signal, inbox_id=row.id or 0, at=at))
     return work or "ignored"
 
 

@@ -786,7 +786,10 @@ def _observe(
         gone = last.persons.get(sig_pd.person_id)
         opted = sig_pd.newsletter is Newsletter.UNSUBSCRIBED or (
             pd.campaigns_enabled and sig_pd.marketing_status is MS.UNSUBSCRIBED)
-        if opted and not _pd_echo(sig_pd, gone) and _after(sig_pd.at, last.last_unsubscribe_at):
+        # Known already (settled when it was made): an old opt-out, not news that could beat a later request.
+        known_out = gone is not None and (gone.newsletter is Newsletter.UNSUBSCRIBED or (
+            pd.campaigns_enabled and gone.marketing_status is MS.UNSUBSCRIBED))
+        if opted and not known_out and not _pd_echo(sig_pd, gone) and _after(sig_pd.at, last.last_unsubscribe_at):
             events.append(_Event("opt_out", sig_pd.at, "pipedrive",
                                  f"opted out on person {sig_pd.person_id} (webhook; the person has left the email "
                                  "since)"))

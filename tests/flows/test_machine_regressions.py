@@ -118,3 +118,28 @@ def test_an_unsubscribe_right_after_an_intake_started_the_doi_wins_over_that_req
     reconcile(mode="full", repair_threshold=2.0)
     person = pipedrive_sim.sim.person(ann.id)
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+
+
+def test_an_email_change_webhook_carries_the_opt_out_the_person_takes_from_its_old_email(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    """The twin's own opt-out webhook was lost; its email-change webhook still shows it was
+    Unsubscribed while it carried bob@, so bob@ gets that opt-out."""
+    from connectors.store import InboxEvent
+    from tasks.consent import PipedriveSignal
+    from tasks.inbox import interpret_person
+
+    account = load_account(rt)
+    unsub = account.newsletter.option_id(Newsletter.UNSUBSCRIBED)
+    body = {"meta": {"id": "d-9", "action": "change", "entity": "person", "entity_id": "3",
+                     "timestamp": "2026-11-22T19:00:00Z", "change_source": "app", "user_id": 7},
+            "data": {"id": 3, "emails": [{"value": "moved1@example.org", "primary": True}],
+                     "custom_fields": {account.newsletter.key: unsub}},
+            "previous": {"emails": [{"value": EMAIL, "primary": True}]}}
+    row = InboxEvent(id=1, source="pipedrive", delivery_id="d-9", kind="person.change", entity_id="3", body=body,
+                     received_at=datetime(2026, 11, 22, 19, 0, 1, tzinfo=UTC))
+    work = interpret_person(row, account, rt)
+    assert isinstance(work, list)
+    left = next(w for w in work if w.email == EMAIL)
+    assert isinstance(left.signal, PipedriveSignal) and left.signal.newsletter is Newsletter.UNSUBSCRIBED
+    assert left.signal.person_id == 3

@@ -111,3 +111,27 @@ def test_an_opt_out_made_on_a_person_that_left_the_email_before_the_webhook_was_
     assert d.last.phase is ConsentPhase.OPTED_OUT
     assert any(isinstance(a, SetNewsletter) and a.person_ids == (2,) and a.value is Newsletter.UNSUBSCRIBED
                for a in d.actions)
+
+
+def test_an_opt_out_a_person_takes_away_is_news_only_if_pmsync_never_knew_it() -> None:
+    """The twin's opt-out was settled at t1; its email change at t3 carries that old Unsubscribed. That
+    is no new opt-out (dated t3 it could beat a later request): nothing is observed or written."""
+    from pmsync.rules.consent import PipedrivePersonChange
+    from pmsync.rules.views import ConsentPhase
+
+    t1 = datetime(2026, 11, 22, 19, 0, tzinfo=UTC)
+    first = decide(
+        PipedriveView(email="bob@example.org", campaigns_enabled=False, fetched_at=t1 + timedelta(seconds=1), persons=(
+            PersonView(person_id=2, newsletter=Newsletter.UNSUBSCRIBED),
+            PersonView(person_id=3, newsletter=Newsletter.UNSUBSCRIBED))),
+        MaileonView(), LastState(), None, now=t1 + timedelta(seconds=1))
+    assert first.last.phase is ConsentPhase.OPTED_OUT
+    t3 = t1 + timedelta(minutes=2)
+    moved = decide(
+        PipedriveView(email="bob@example.org", campaigns_enabled=False, fetched_at=t3 + timedelta(seconds=1), persons=(
+            PersonView(person_id=2, newsletter=Newsletter.UNSUBSCRIBED, update_time=t1),)),
+        MaileonView(), first.last,
+        PipedrivePersonChange(at=t3, cause="d-3", person_id=3, newsletter=Newsletter.UNSUBSCRIBED, change_source="app"),
+        now=t3 + timedelta(seconds=1))
+    assert not [e for e in moved.ledger if e.event == "observed"], moved.ledger
+    assert moved.last.last_unsubscribe_at == first.last.last_unsubscribe_at
