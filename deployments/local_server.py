@@ -158,13 +158,7 @@ class LocalPrefectServer:
     @property
     def database(self) -> str:
         """Where the server keeps its data, for messages (password hidden)."""
-        url = self.database_url or next((v for k, v in os.environ.items()
-                                         if k.startswith(PASSED_THROUGH) and k.endswith("CONNECTION_URL")), None)
-        if not url:
-            return f"SQLite under {self.home}"
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
+        return configured_database(self.database_url) or f"SQLite under {self.home}"
 
     @property
     def running(self) -> bool:
@@ -175,6 +169,18 @@ class LocalPrefectServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def configured_database(database_url: str | None = None) -> str | None:
+    """The local server's database other than its SQLite default: ``database_url`` or the one the
+    environment names, password hidden; None for SQLite."""
+    url = database_url or next((v for k, v in os.environ.items()
+                                if k.startswith(PASSED_THROUGH) and k.endswith("CONNECTION_URL")), None)
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def use_api(api_url: str) -> None:

@@ -75,8 +75,8 @@ class ClaimedBatch(BaseModel):
     def rounds(self, size: int) -> list[Round]:
         """The work cut into settle calls: each email at most once per call (an email's signals go
         to successive rounds, oldest first), at most ``size`` emails per call."""
-        latest: dict[tuple[str, str, int | None, tuple[Any, Any] | None], Work] = {}
-        extra_ids: dict[tuple[str, str, int | None, tuple[Any, Any] | None], list[int]] = {}
+        latest: dict[tuple[Any, ...], Work] = {}
+        extra_ids: dict[tuple[Any, ...], list[int]] = {}
         for item in sorted(self.work, key=lambda w: w.at):
             kind: str = item.signal.kind if item.signal is not None else "none"
             pid, values = None, None
@@ -177,10 +177,7 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
     if data is not None and action in ("create", "change"):
         fields = data.get("custom_fields") or {}
         if action == "create" or key in ((previous or {}).get("custom_fields") or {}):
-            try:
-                newsletter = account.newsletter.value_of(fields.get(key))
-            except ValueError:
-                newsletter = None
+            newsletter = _newsletter_in(account, fields)
         if (action == "create" or "marketing_status" in changed) and data.get("marketing_status"):
             try:
                 status = MarketingStatus(str(data["marketing_status"]))
@@ -204,17 +201,22 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
         # The Newsletter value the person had while it carried the old email: an opt-out it takes
         # away is still that email's (its own webhook may have been lost).
         before = (previous or {}).get("custom_fields") or {}
-        fields = before if key in before or data is None else (data.get("custom_fields") or {})
-        try:
-            left = account.newsletter.value_of(fields.get(key))
-        except ValueError:
-            left = None
+        carried = before if key in before or data is None else (data.get("custom_fields") or {})
+        left = _newsletter_in(account, carried)
         signal = None
         if left is Newsletter.UNSUBSCRIBED:
             signal = PipedriveSignal(at=at, cause=row.delivery_id, person_id=person_id, newsletter=left,
                                      change_source=source)
         work.append(Work(email=old, signal=signal, inbox_id=row.id or 0, at=at))
     return work or "ignored"
+
+
+def _newsletter_in(account: Account, custom_fields: dict[str, Any]) -> Newsletter | None:
+    """The Newsletter value in a webhook's custom fields (None when absent or not one of ours)."""
+    try:
+        return account.newsletter.value_of(custom_fields.get(account.newsletter.key))
+    except ValueError:
+        return None
 
 
 def _only_consent_fields(changed: set[str], previous: dict[str, Any] | None, key: str) -> bool:

@@ -76,12 +76,10 @@ def serve(*, port: int | None = None, host: str | None = None, schedules: bool =
 
 
 def _local_server_database() -> str:
-    from pathlib import Path
+    from deployments.local_server import configured_database
 
-    from deployments.local_server import LocalPrefectServer
-
-    database = LocalPrefectServer(Path(".pmsync/prefect"), port=0).database
-    return "SQLite under ./.pmsync/prefect/" if database.startswith("SQLite") else f"database {database}"
+    database = configured_database()
+    return f"database {database}" if database else "SQLite under ./.pmsync/prefect/"
 
 
 def _api_url() -> str | None:

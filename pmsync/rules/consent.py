@@ -472,15 +472,9 @@ def decide(
 
     def note(system: System, field_: str, old: str | None, new: str | None, event: str, n: str = "",
              ids: Sequence[int] = ()) -> None:
-        ledger.append(
-            LedgerEntry.model_validate(
-                dict(email=email, person_ids=tuple(ids), system=system, field=field_, old=old, new=new,
-                     event=event, cause=cause, at=now, note=n)
-            )
-        )
+        ledger.append(_entry(email, system, field_, old, new, event, cause, now, n, ids))
 
-    for ev in fold.counted:
-        note(ev.system, "consent", None, ev.kind, "observed", ev.what, ev.person_ids)
+    ledger.extend(_observed(email, fold, cause, now))
     for ev, why in fold.ignored:
         note(ev.system, "consent", None, ev.kind, "ignored", f"{ev.what}: {why}", ev.person_ids)
 
@@ -692,6 +686,18 @@ def decide(
     return Decision(email=email, actions=tuple(actions), last=new_last, previous=last, ledger=tuple(ledger))
 
 
+def _entry(email: str, system: System, field_: str, old: str | None, new: str | None, event: str, cause: str,
+           at: datetime, note: str = "", ids: Sequence[int] = ()) -> LedgerEntry:
+    return LedgerEntry.model_validate(dict(email=email, person_ids=tuple(ids), system=system, field=field_, old=old,
+                                           new=new, event=event, cause=cause, at=at, note=note))
+
+
+def _observed(email: str, fold: _Fold, cause: str, now: datetime) -> list[LedgerEntry]:
+    """Ledger entries for the events the fold counted."""
+    return [_entry(email, ev.system, "consent", None, ev.kind, "observed", cause, now, ev.what, ev.person_ids)
+            for ev in fold.counted]
+
+
 def _decide_without_members(
     email: str, pd: PipedriveView, ml: MaileonView, last: LastState, signal: Signal | None, cause: str,
     read_at: datetime, now: datetime,
@@ -704,11 +710,7 @@ def _decide_without_members(
     fold = _fold(last, optouts)
     if fold.phase is not Phase.OPTED_OUT or last.phase is Phase.OPTED_OUT:
         return Decision(email=email, actions=(skip,), last=last, previous=last)
-    ledger = tuple(
-        LedgerEntry.model_validate(dict(email=email, person_ids=(), system=ev.system, field="consent", old=None,
-                                        new=ev.kind, event="observed", cause=cause, at=now, note=ev.what))
-        for ev in fold.counted
-    )
+    ledger = tuple(_observed(email, fold, cause, now))
     new_last = last.model_copy(update={
         "phase": fold.phase, "phase_since": fold.since, "last_unsubscribe_at": fold.last_optout,
         "maileon_unsubscriptions_seen_until": _latest(last.maileon_unsubscriptions_seen_until,
