@@ -71,24 +71,28 @@ def _pipedrive_changes(watermark: str, want: str) -> tuple[Candidates, datetime]
             return found, until
 
 
+def _settle_and_advance(story: str, candidates: Candidates, dry_run: bool, watermark: str,
+                        until: datetime) -> StoryReport:
+    """Settle a story's candidates; move its watermark to ``until`` only when nothing failed (a failed
+    email is looked at again next run)."""
+    report = _settle(story, candidates, dry_run)
+    if not dry_run and report.summary.failed == 0:
+        advance_watermark(watermark, until)
+    return report
+
+
 def _unsubscribes_story(dry_run: bool) -> StoryReport:
     """Story 3's body (run by its own flow and inside `sync`)."""
     since, until = read_window("consent.unsubscribes")
     # First run: look back one overlap window only; older history is the reconcile's job.
     candidates = collect_unsubscriptions(since or until - FIRST_RUN_LOOKBACK, until)
-    report = _settle("unsubscribes-to-pipedrive", candidates, dry_run)
-    if not dry_run and report.summary.failed == 0:
-        advance_watermark("consent.unsubscribes", until)
-    return report
+    return _settle_and_advance("unsubscribes-to-pipedrive", candidates, dry_run, "consent.unsubscribes", until)
 
 
 def _optouts_story(dry_run: bool) -> StoryReport:
     """Story 4's body (run by its own flow and inside `sync`)."""
     candidates, until = _pipedrive_changes("consent.persons.optouts", want="changes")
-    report = _settle("optouts-to-maileon", candidates, dry_run)
-    if not dry_run and report.summary.failed == 0:
-        advance_watermark("consent.persons.optouts", until)
-    return report
+    return _settle_and_advance("optouts-to-maileon", candidates, dry_run, "consent.persons.optouts", until)
 
 
 def _doi_confirmations_story(dry_run: bool) -> StoryReport:
@@ -100,19 +104,13 @@ def _doi_confirmations_story(dry_run: bool) -> StoryReport:
         found.merge(page)
         found.scanned += page.scanned
         page_index = page.next_page or 0
-    report = _settle("doi-confirmations-to-pipedrive", found, dry_run)
-    if not dry_run and report.summary.failed == 0:
-        advance_watermark("consent.doi", until)
-    return report
+    return _settle_and_advance("doi-confirmations-to-pipedrive", found, dry_run, "consent.doi", until)
 
 
 def _subscribers_story(dry_run: bool) -> StoryReport:
     """Story 1's body (run by its own flow and inside `sync`)."""
     candidates, until = _pipedrive_changes("consent.persons.subscribe", want="subscribe")
-    report = _settle("subscribers-to-maileon", candidates, dry_run)
-    if not dry_run and report.summary.failed == 0:
-        advance_watermark("consent.persons.subscribe", until)
-    return report
+    return _settle_and_advance("subscribers-to-maileon", candidates, dry_run, "consent.persons.subscribe", until)
 
 
 #: `sync`'s order: unsubscribes first (they beat any older request), then Pipedrive opt-outs, then
