@@ -37,6 +37,7 @@ log = logging.getLogger("pmsync.consent")
 PD_PAGE_LIMIT = 500
 IDS_PER_CALL = 100
 CONFIRMED = {MaileonPermission.DOI, MaileonPermission.DOI_PLUS}
+_OUTCOMES = {"applied", "attempted", "refused", "pending_upgrade", "observed", "ignored"}
 
 
 class MaileonSignal(BaseModel):
@@ -441,6 +442,10 @@ class Settler:
             sig = cls(at=signal.at, cause=signal.cause)
         decision = rules.decide(pd, ml, last, sig, now=self.now)
         ledger = list(decision.ledger)
+        if decision.writes and not self.dry_run:
+            # Write-ahead: a crash between an API write and the rows below must not leave a consent
+            # change without a trace in the ledger.
+            self._record_ledger([e for e in ledger if e.event == "planned"], applied=True, attempt=True)
         new_last = decision.last
         ledger_readbacks: list[rules.LedgerEntry] = []
         for action in decision.actions:
@@ -514,26 +519,27 @@ class Settler:
             self.rt.store.record_outbound(writes)
         return readback
 
-    def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool) -> None:
+    def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool, attempt: bool = False) -> None:
         """Append the decision's entries once all its writes succeeded (dry runs record nothing).
 
-        The rules' ``planned`` becomes ``applied`` here, because only applied decisions get this far;
+        The rules' ``planned`` becomes ``applied`` here, because only applied decisions get this far
+        (``attempted`` with ``attempt``: the write-ahead rows committed before the first write);
         a read-back row records what Pipedrive kept (``new``) with the outcome (applied, refused,
         pending_upgrade) and the requested value in ``detail``.
         """
         if not entries or not applied:
             return
         rows = []
+        planned = "attempted" if attempt else "applied"
         for e in entries:
-            outcome = {"planned": "applied", "observed": "observed", "ignored": "ignored"}.get(e.event, e.note)
+            outcome = {"planned": planned, "observed": "observed", "ignored": "ignored"}.get(e.event, e.note)
             cause = e.cause if e.cause != "reconcile" else (self.flow_run_id or "sync")
             kind = "report" if cause.startswith("maileon-report:") else self.cause_kind
             rows.append({
                 "at": e.at, "email": e.email, "person_ids": list(e.person_ids), "system": e.system,
                 "field": e.field, "old_value": None if e.event == "readback" else e.old, "new_value": e.new,
                 "cause_kind": kind, "cause_ref": cause[:255], "flow_run_id": self.flow_run_id,
-                "outcome": outcome if outcome in {"applied", "refused", "pending_upgrade", "observed", "ignored"}
-                else "refused",
+                "outcome": outcome if outcome in _OUTCOMES else "refused",
                 "detail": {"event": e.event, "note": e.note, **({"requested": e.old} if e.event == "readback" else {})},
             })
         self.summary.ledger_rows += self.rt.store.ledger_append(rows)

@@ -62,11 +62,13 @@ def take_in(account: Account, submission: IntakeSubmission, dry_run: bool = Fals
                           double_opt_in=submission.double_opt_in, unsubscribe=submission.unsubscribe)
     summary = Settler(rt, account, dry_run=dry_run, cause_kind="intake").settle({email: signal}, person_ids={email: ids})
     if submission.unsubscribe and not ids and not dry_run:
-        # Nobody in Pipedrive: the opt-out still reaches Maileon and the ledger.
+        # Nobody in Pipedrive: the opt-out still reaches Maileon and the ledger (written ahead, so a
+        # crash after Maileon applied it still leaves a trace).
+        row = {"email": email, "person_ids": [], "system": "maileon", "field": "permission", "old_value": None,
+               "new_value": "unsubscribed", "cause_kind": "intake", "cause_ref": f"intake:{submission.source}",
+               "detail": {"note": "unsubscribe form for an email no Pipedrive person has"}}
+        rt.store.ledger_append([{**row, "outcome": "attempted"}])
         if rt.maileon.unsubscribe(email, reason=f"pmsync intake: {submission.source}"):
             summary.actions["unsubscribe_maileon"] = summary.actions.get("unsubscribe_maileon", 0) + 1
-        rt.store.ledger_append([{"email": email, "person_ids": [], "system": "maileon", "field": "permission",
-                                 "old_value": None, "new_value": "unsubscribed", "cause_kind": "intake",
-                                 "cause_ref": f"intake:{submission.source}", "outcome": "applied",
-                                 "detail": {"note": "unsubscribe form for an email no Pipedrive person has"}}])
+        rt.store.ledger_append([{**row, "outcome": "applied"}])
     return IntakeResult(email_masked=mask(email), person_ids=ids, created_person=created, summary=summary)

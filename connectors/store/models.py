@@ -63,6 +63,10 @@ class Outcome(StrEnum):
     REFUSED = "refused"
     PENDING_UPGRADE = "pending_upgrade"
     PLANNED = "planned"  # dry run, or an action of a decision not yet applied
+    #: Written before the API call (write-ahead): the row that follows it says how it went. Alone, it
+    #: marks a write a crash cut off – applied or not, nobody knows; the next run decides from both
+    #: systems' state again.
+    ATTEMPTED = "attempted"
     OBSERVED = "observed"
     IGNORED = "ignored"  # seen, but does not count (the rules say why in the detail)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
+from connectors.http import default_transport
 from flows.reconcile import reconcile
 from pmsync.rules.newsletter import Newsletter
 from tasks.account import load_account
@@ -15,7 +17,7 @@ from tasks.consent import settle_batch
 from tasks.runtime import Runtime, use_runtime
 from tests.conftest import SimHandle
 from tests.flows.conftest import make_settings
-from tests.flows.engine_free import without_engine
+from tests.flows.engine_free import Crash, without_engine
 
 EMAIL = "bob@example.org"
 
@@ -143,3 +145,57 @@ def test_an_email_change_webhook_carries_the_opt_out_the_person_takes_from_its_o
     left = next(w for w in work if w.email == EMAIL)
     assert isinstance(left.signal, PipedriveSignal) and left.signal.newsletter is Newsletter.UNSUBSCRIBED
     assert left.signal.person_id == 3
+
+
+class _CrashAfter(httpx.BaseTransport):
+    """The process dies once the server applied the first request ``matches`` picks."""
+
+    def __init__(self, matches: Callable[[httpx.Request], bool]) -> None:
+        self.inner, self.matches, self.crashed = default_transport(), matches, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if not self.crashed and self.matches(request):
+            self.crashed = True
+            response.read()
+            raise Crash("after the server applied the request")
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("write", ["pipedrive newsletter", "maileon doi"])
+def test_a_crash_right_after_an_api_write_still_leaves_the_consent_change_in_the_ledger(
+    pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path, write: str
+) -> None:
+    """The ledger row used to follow the write: a crash between them left a change nobody could audit.
+    Now an ``attempted`` row is committed before the write, and the next run adds the rest."""
+    picks: dict[str, Callable[[httpx.Request], bool]] = {
+        "pipedrive newsletter": lambda r: r.method == "PATCH" and r.url.path.startswith("/api/v2/persons/"),
+        "maileon doi": lambda r: r.method == "POST" and "/contacts/email/" in r.url.path,
+    }
+    transport = _CrashAfter(picks[write])
+    settings = make_settings(pipedrive_sim, maileon_sim, tmp_path / "pmsync.db")
+    runtime = Runtime.from_settings(settings, transport=transport)
+    with use_runtime(runtime), without_engine():
+        account = load_account(runtime)
+        subscribe = account.newsletter.option_id(Newsletter.SUBSCRIBE)
+        ann = pipedrive_sim.sim.ui_create_person(name="Ann", owner_id=1, custom_fields={account.newsletter.key: subscribe},
+                                                 emails=[{"value": "ann@example.org", "primary": True}])
+        with pytest.raises(Crash):
+            settle_batch(account, {"ann@example.org": None}, {"ann@example.org": [ann.id]})
+        assert transport.crashed
+        rows = runtime.store.ledger_for_email("ann@example.org")
+        system = write.split()[0]
+        attempted = [r for r in rows if r.outcome == "attempted" and r.system == system]
+        assert attempted, f"no write-ahead row for the {write} write: {[(r.system, r.outcome) for r in rows]}"
+        if system == "pipedrive":
+            assert attempted[0].person_ids == [ann.id]
+        assert not [r for r in rows if r.outcome == "applied"]  # nobody knows it was applied
+
+        settle_batch(account, {"ann@example.org": None}, {"ann@example.org": [ann.id]})  # the next run
+    runtime.close()
+    person = pipedrive_sim.sim.person(ann.id)
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.PENDING_DOI
+    assert maileon_sim.sim.contact("ann@example.org")["doi_pending"]
