@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import task
 from pydantic import BaseModel, Field, model_validator
@@ -64,7 +65,7 @@ def take_in(account: Account, submission: IntakeSubmission, dry_run: bool = Fals
     if submission.unsubscribe and not ids and not dry_run:
         # Nobody in Pipedrive: the opt-out still reaches Maileon and the ledger (written ahead, so a
         # crash after Maileon applied it still leaves a trace).
-        row = {"email": email, "person_ids": [], "system": "maileon", "field": "permission", "old_value": None,
+        row: dict[str, Any] = {"email": email, "person_ids": [], "system": "maileon", "field": "permission", "old_value": None,
                "new_value": "unsubscribed", "cause_kind": "intake", "cause_ref": f"intake:{submission.source}",
                "detail": {"note": "unsubscribe form for an email no Pipedrive person has"}}
         rt.store.ledger_append([{**row, "outcome": "attempted"}])
