@@ -69,6 +69,7 @@ class PipedriveSignal(BaseModel):
     marketing_status: MarketingStatus | None = None
     change_source: str | None = None
     by_pmsync: bool = False
+    marketing_status_before: MarketingStatus | None = None
 
 
 AnySignal = MaileonSignal | IntakeSignal | PipedriveSignal
@@ -436,7 +437,7 @@ class Settler:
             sig = rules.PipedrivePersonChange(
                 at=signal.at, cause=signal.cause, person_id=signal.person_id, newsletter=signal.newsletter,
                 marketing_status=signal.marketing_status, change_source=signal.change_source,
-                by_pmsync=signal.by_pmsync)
+                by_pmsync=signal.by_pmsync, marketing_status_before=signal.marketing_status_before)
         elif signal is not None:
             cls = rules.MaileonUnsubscribed if signal.kind == "unsubscribe" else rules.MaileonDoiConfirmed
             sig = cls(at=signal.at, cause=signal.cause)

@@ -172,6 +172,7 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
 
     newsletter: Newsletter | None = None
     status: MarketingStatus | None = None
+    status_before: MarketingStatus | None = None
     key = account.newsletter.key
     changed = set(previous or {}) - {"update_time"} if action == "change" else set()
     if data is not None and action in ("create", "change"):
@@ -179,10 +180,9 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
         if action == "create" or key in ((previous or {}).get("custom_fields") or {}):
             newsletter = _newsletter_in(account, fields)
         if (action == "create" or "marketing_status" in changed) and data.get("marketing_status"):
-            try:
-                status = MarketingStatus(str(data["marketing_status"]))
-            except ValueError:
-                status = None
+            status = _status_in(data)
+        if "marketing_status" in changed:
+            status_before = _status_in(previous)
     if action == "change" and source != "app" and _only_consent_fields(changed, previous, key) and _all_echoes(
         rt, person_id, newsletter, status
     ):
@@ -194,7 +194,8 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
         signal = None
         if newsletter is not None or status is not None:
             signal = PipedriveSignal(at=at, cause=row.delivery_id, person_id=person_id, newsletter=newsletter,
-                                     marketing_status=status, change_source=source)
+                                     marketing_status=status, change_source=source,
+                                     marketing_status_before=status_before)
         work.append(Work(email=email, signal=signal, person_ids=[person_id], inbox_id=row.id or 0, at=at))
     old = _primary(previous.get("emails")) if previous is not None else None
     if old and old != email and is_valid_email(old):
@@ -209,6 +210,14 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
                                      change_source=source)
         work.append(Work(email=old, signal=signal, inbox_id=row.id or 0, at=at))
     return work or "ignored"
+
+
+def _status_in(values: dict[str, Any] | None) -> MarketingStatus | None:
+    """The marketing_status in a webhook's ``data`` or ``previous`` (None when absent or unknown)."""
+    try:
+        return MarketingStatus(str((values or {}).get("marketing_status")))
+    except ValueError:
+        return None
 
 
 def _newsletter_in(account: Account, custom_fields: dict[str, Any]) -> Newsletter | None:

@@ -264,6 +264,9 @@ class PipedrivePersonChange(_Signal):
     change_source: str | None = None
     #: ``change_source == "api"`` by pmsync's own user (see ``echo``): no evidence of anything.
     by_pmsync: bool = False
+    #: The marketing_status the webhook's ``previous`` shows, when this change moved it away: an
+    #: ``unsubscribed`` there is an opt-out, even if its own webhook was lost.
+    marketing_status_before: MarketingStatus | None = None
 
 
 class MaileonDoiConfirmed(_Signal):
@@ -781,6 +784,15 @@ def _observe(
                 events.append(_Event("opt_out", sig.at, "pipedrive",
                                      f"marketing_status=unsubscribed on person {m.person_id} "
                                      "(webhook; changed since)", (m.person_id,)))
+            elif (sig is not None and sig.marketing_status_before is MS.UNSUBSCRIBED and not sig_ms_unsub
+                  and not ms_known and _after(sig.at, last.last_unsubscribe_at)):
+                # Someone moved the status away from unsubscribed: the opt-out before it was real, and
+                # pmsync never saw it (its webhook lost). It lasted until this change: dated by that
+                # upper bound, as every opt-out whose moment is uncertain.
+                events.append(_Event("opt_out", sig.at, "pipedrive",
+                                     f"marketing_status=unsubscribed on person {m.person_id} (webhook's "
+                                     f"previous value; changed to {_s(sig.marketing_status)} since)",
+                                     (m.person_id,)))
 
     # A webhook's opt-out made on a person that has left the email since (its email changed, it was
     # deleted): the webhook carried this email, so the opt-out was this email's.

@@ -147,6 +147,38 @@ def test_an_email_change_webhook_carries_the_opt_out_the_person_takes_from_its_o
     assert left.signal.person_id == 3
 
 
+
+def test_a_status_moved_away_from_unsubscribed_is_still_an_opt_out_when_its_own_webhook_was_lost(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    """A salesperson sets marketing_status unsubscribed, then subscribed; the first webhook is lost.
+    The second one's ``previous`` still shows the opt-out: it stands (a manual subscribed is no consent)."""
+    from connectors.store import InboxEvent
+    from tasks.inbox import interpret_person
+
+    pipedrive_sim.sim.configure(campaigns_enabled=True, once_only_rule=False, subscriber_cap=None)
+    account = load_account(rt)
+    ann = pipedrive_sim.sim.ui_create_person(name="Ann", owner_id=1, emails=[{"value": "ann@example.org",
+                                                                              "primary": True}])
+    settle_batch(account, {"ann@example.org": None}, {"ann@example.org": [ann.id]})  # pmsync knows ann
+    pipedrive_sim.sim.set_email_status("ann@example.org", "unsubscribed")  # its webhook is lost
+    pipedrive_sim.sim.set_email_status("ann@example.org", "subscribed")
+    at = datetime.now(UTC)
+    body = {"meta": {"id": "d-2", "action": "change", "entity": "person", "entity_id": str(ann.id),
+                     "timestamp": at.isoformat(), "change_source": "app", "user_id": 1},
+            "data": {"id": ann.id, "emails": [{"value": "ann@example.org", "primary": True}],
+                     "marketing_status": "subscribed", "custom_fields": {}},
+            "previous": {"marketing_status": "unsubscribed"}}
+    row = InboxEvent(id=1, source="pipedrive", delivery_id="d-2", kind="person.change", entity_id=str(ann.id),
+                     body=body, received_at=at)
+    work = interpret_person(row, account, rt)
+    assert isinstance(work, list) and len(work) == 1
+    settle_batch(account, {"ann@example.org": work[0].signal}, {"ann@example.org": [ann.id]}, cause_kind="webhook")
+
+    person = pipedrive_sim.sim.person(ann.id)
+    assert person["marketing_status"] == "unsubscribed"
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+
 class _CrashAfter(httpx.BaseTransport):
     """The process dies once the server applied the first request ``matches`` picks."""
 
