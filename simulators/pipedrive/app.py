@@ -254,6 +254,24 @@ def decode_cursor(cursor: str | None) -> tuple[str, bool, int] | None:
     return sort, direction == "desc", key
 
 
+def encode_changelog_cursor(seq: int) -> str:
+    """The changelog's opaque cursor, shaped like the spec example (`aWQ6NTQ0` is base64 `id:544`)."""
+    return base64.urlsafe_b64encode(f"id:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_changelog_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        kind, _, raw = text.partition(":")
+        if kind != "id" or not raw.isdigit():
+            raise ValueError(text)
+        return int(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("Validation failed: cursor: invalid cursor") from None
+
+
 def path_id(request: Request, name: str = "id") -> int:
     raw = request.path_params[name]
     try:
@@ -546,6 +564,7 @@ class _Api:
             ("POST", "/personFields", self.add_person_field_v1),
             ("GET", "/personFields/{id}", self.get_person_field_v1),
             ("DELETE", "/personFields/{id}", self.delete_person_field_v1),
+            ("GET", "/persons/{id}/changelog", self.person_changelog),
             ("GET", "/users/me", self.users_me),
             ("GET", "/users", self.list_users),
             ("GET", "/users/{id}", self.get_user),
@@ -736,6 +755,22 @@ class _Api:
             if score:
                 found[p.id] = score
         return [(s, rows[pid]) for pid, s in found.items()]
+
+    async def person_changelog(self, request: Request, user_id: int) -> tuple[int, Any]:
+        """`GET /v1/persons/{id}/changelog`: field changes, **newest first** (as the spec example),
+        cursor paged (`limit` default 100, max 500). A missing or deleted person is a 404."""
+        pid = path_id(request)
+        q = request.query_params
+        limit = q_limit(q)
+        start = decode_changelog_cursor(q.get("cursor"))
+        with self.store.lock:
+            p = self.service.get_person(pid)
+            if p.is_deleted:
+                raise ApiError(404, "Person not found")
+            rows, nxt = self.store.changelog.page(pid, limit, start)
+            data = [views.changelog_entry_v1(e) for e in rows]
+        next_cursor = encode_changelog_cursor(nxt) if nxt is not None else None
+        return 200, {"success": True, "data": data, "additional_data": {"next_cursor": next_cursor}}
 
     # ---------------------------------------------------------------- person fields
 

@@ -10,11 +10,14 @@ Choices where Pipedrive is silent (see the package docstring):
 - unknown body keys are rejected with 400 (the v2 API is strict; this catches v1-style `email`);
 - when a marketing_status change takes effect, every live person whose primary email is that address
   changes with it: their `update_time` moves and each gets its own `change` webhook;
-- with Campaigns disabled, `marketing_status` in a body is ignored and never returned.
+- with Campaigns disabled, `marketing_status` in a body is ignored and never returned;
+- every update that changes a person's fields appends one changelog entry per changed field
+  (`GET /v1/persons/{id}/changelog`, see `_record_changes`); creating and deleting a person record none.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +80,12 @@ DEAL_STATUSES = ("open", "won", "lost")
 #: pipeline id -> stage ids
 PIPELINES = {1: (1, 2, 3, 4, 5), 2: (6, 7, 8)}
 _LABEL_INTERN: dict[str, str] = {}
+#: `change_source_user_agent` of a salesperson's edit in the web app (the spec example's browser);
+#: API writes record none (the simulator's writes do not see the HTTP request)
+APP_USER_AGENT = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/121.0.0.0 Safari/537.36"
+)
 
 
 class ApiError(Exception):
@@ -329,6 +338,62 @@ class Service:
             status,
         )
 
+    def _changelog_state(self, p: Person) -> dict[str, str | None]:
+        """The person's field values as the v1 changelog shows them: strings keyed by v1 field key.
+
+        `email`/`phone` are the addresses/numbers joined by ", " (one value: just that value);
+        `label_ids` is "1,2"; custom fields use their 40-hex key (and `<key>_currency`, `<key>_until`,
+        ... for sub-values, as on v1 objects); `marketing_status` only with Campaigns enabled.
+        """
+        out: dict[str, str | None] = {
+            "name": p.name,
+            "first_name": p.first_name,
+            "last_name": p.last_name,
+            "owner_id": str(p.owner_id),
+            "org_id": None if p.org_id is None else str(p.org_id),
+            "email": ", ".join(v for v, _, _ in p.emails) or None,
+            "phone": ", ".join(v for v, _, _ in p.phones) or None,
+            "visible_to": str(p.visible_to),
+            "label_ids": ",".join(str(i) for i in p.label_ids) or None,
+        }
+        if self.config.campaigns_enabled:
+            out["marketing_status"] = self.store.status_of(p).value
+        extra = p.extra or {}
+        for key in CONTACT_SYNC_KEYS:
+            value = extra.get(key)
+            out[key] = value if value is None or isinstance(value, str) else json.dumps(value, sort_keys=True)
+        values = p.custom or {}
+        for f in self.store.person_fields.custom():
+            for key, value in f.v1_items(values.get(f.key)).items():
+                out[key] = None if value is None else str(value)
+        return out
+
+    def _record_changes(
+        self,
+        person_id: int,
+        changes: list[tuple[str, str | None, str | None]],
+        *,
+        source: str,
+        user_id: int,
+    ) -> None:
+        """Append changelog entries stamped with the simulator's clock, the acting user and source."""
+        if changes:
+            self.store.changelog.record(
+                person_id,
+                changes,
+                actor_user_id=user_id,
+                at=self._now(),
+                change_source=source,
+                user_agent=APP_USER_AGENT if source == "app" else None,
+            )
+
+    @staticmethod
+    def _changed_fields(
+        before: dict[str, str | None], after: dict[str, str | None]
+    ) -> list[tuple[str, str | None, str | None]]:
+        keys = list(after) + [k for k in before if k not in after]
+        return [(k, before.get(k), after.get(k)) for k in keys if before.get(k) != after.get(k)]
+
     def _apply_person_fields(self, p: Person, body: dict[str, Any], creating: bool) -> None:
         cfg = self.config
         if "name" in body:
@@ -442,8 +507,13 @@ class Service:
         if changed is None:
             return False
         now = self._now()
+        old, new = changed
         for s in sharers:
             self.store.persons.touch(s, now)
+            if self.config.campaigns_enabled:
+                self._record_changes(
+                    s.id, [("marketing_status", old.value, new.value)], source=source, user_id=user_id
+                )
             if want_hooks:
                 after = self._person_snap(s)
                 self._emit(
@@ -526,6 +596,7 @@ class Service:
             before = self._person_snap(p) if want_hooks else None
             before_v1 = self._person_v1(p) if self.hub.wants("person", "change", "1.0") else None
             state = self._person_state(p)
+            logged = self._changelog_state(p)
             saved = (
                 p.name,
                 p.first_name,
@@ -564,6 +635,8 @@ class Service:
                 )
             if self._person_state(p) != state:
                 store.persons.touch(p, self._now())
+                changes = self._changed_fields(logged, self._changelog_state(p))
+                self._record_changes(p.id, changes, source=source, user_id=user_id)
                 if want_hooks and before is not None:
                     after = self._person_snap(p)
                     self._emit(

@@ -480,6 +480,78 @@ class Marketing:
         self.changes_made = {}
 
 
+class ChangelogEntry:
+    """One changed field of one person (`GET /v1/persons/{id}/changelog` renders it)."""
+
+    __slots__ = (
+        "actor_user_id",
+        "at",
+        "change_source",
+        "field_key",
+        "new_value",
+        "old_value",
+        "seq",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        field_key: str,
+        old_value: str | None,
+        new_value: str | None,
+        actor_user_id: int,
+        at: int,
+        change_source: str,
+        user_agent: str | None,
+    ) -> None:
+        self.seq = seq  # company-wide, increasing: the cursor names the first entry of the next page
+        self.field_key = field_key
+        self.old_value = old_value
+        self.new_value = new_value
+        self.actor_user_id = actor_user_id
+        self.at = at
+        self.change_source = change_source
+        self.user_agent = user_agent
+
+
+class Changelog:
+    """Field changes per person, oldest first in storage; pages are served newest first.
+
+    Only persons that ever changed have a list, so a large seeded account costs nothing here.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, list[ChangelogEntry]] = {}
+        self.next_seq = 1
+
+    def record(
+        self,
+        person_id: int,
+        changes: Iterable[tuple[str, str | None, str | None]],
+        *,
+        actor_user_id: int,
+        at: int,
+        change_source: str,
+        user_agent: str | None,
+    ) -> None:
+        for key, old, new in changes:
+            entry = ChangelogEntry(self.next_seq, key, old, new, actor_user_id, at, change_source, user_agent)
+            self.next_seq += 1
+            self.entries.setdefault(person_id, []).append(entry)
+
+    def page(
+        self, person_id: int, limit: int, start_seq: int | None
+    ) -> tuple[list[ChangelogEntry], int | None]:
+        """Up to `limit` entries, newest first, starting at `start_seq` (a cursor) or the newest;
+        and the seq of the first entry of the next page (None on the last page)."""
+        rows = self.entries.get(person_id, [])
+        end = len(rows) if start_seq is None else bisect_right(rows, start_seq, key=lambda e: e.seq)
+        out = rows[max(0, end - limit) : end][::-1]
+        nxt = rows[end - limit - 1].seq if end - limit > 0 else None
+        return out, nxt
+
+
 class Store:
     """All company data. Callers hold `lock` around reads that must be consistent and every write."""
 
@@ -505,6 +577,8 @@ class Store:
         #: normalized email -> person id, or list of ids when shared (any position, non-deleted persons)
         self.email_index: dict[str, int | list[int]] = {}
         self.label_ids: tuple[int, ...] = (1, 2, 3)
+        #: person id -> field changes (`GET /v1/persons/{id}/changelog`)
+        self.changelog = Changelog()
 
     # ---------------------------------------------------------------- email index
 

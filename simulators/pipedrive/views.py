@@ -14,7 +14,7 @@ from typing import Any
 
 from simulators.pipedrive.config import iso, v1_time
 from simulators.pipedrive.fields import FieldDef
-from simulators.pipedrive.store import Deal, Email, Organization, Person, Store
+from simulators.pipedrive.store import ChangelogEntry, Deal, Email, Organization, Person, Store
 
 
 def _items(items: tuple[Email, ...]) -> list[dict[str, Any]]:
@@ -152,6 +152,20 @@ def person_v1(store: Store, p: Person, *, marketing: bool) -> dict[str, Any]:
     for f in store.person_fields.custom():
         out.update(f.v1_items(values.get(f.key)))
     return out
+
+
+def changelog_entry_v1(e: ChangelogEntry) -> dict[str, Any]:
+    """One item of `GET /v1/persons/{id}/changelog` (time: v1's `YYYY-MM-DD HH:MM:SS`, UTC)."""
+    return {
+        "field_key": e.field_key,
+        "old_value": e.old_value,
+        "new_value": e.new_value,
+        "actor_user_id": e.actor_user_id,
+        "time": v1_time(e.at),
+        "change_source": e.change_source,
+        "change_source_user_agent": e.user_agent,
+        "is_bulk_update_flag": False,
+    }
 
 
 def person_search_item(store: Store, p: Person) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The client used here checks each response as it arrives (`_checked_client`): documented statuses
 against the spec (v2 for persons, deals, organizations, personFields v2 and search; v1 for webhooks,
-personFields, users), error statuses the spec leaves out against the documented error envelope.
+personFields, users, the person changelog), error statuses the spec leaves out against the documented error envelope.
 The only relaxations are the documented ones (`next_cursor`, `person_id`, `org_id` may be null).
 """
 
@@ -238,6 +238,28 @@ def test_webhooks_validate_against_the_v1_spec(pipedrive_sim, checked, receiver)
             ("POST", "/webhooks", 400), ("DELETE", "/webhooks/{id}", 404)} <= tracker.covered()  # fmt: skip
 
 
+def test_person_changelog_validates_against_the_v1_spec(pipedrive_sim, checked):
+    api, tracker = checked
+    pipedrive_sim.sim.seed(persons=5, deals=0)
+    custom = _custom_values(api)
+    person = api.post("/api/v2/persons", json={"name": "Changelog Person", "emails": [{"value": "cl@example.com"}],
+                                               "marketing_status": "subscribed"}).json()["data"]  # fmt: skip
+    pid = person["id"]
+    api.patch(f"/api/v2/persons/{pid}", json={"marketing_status": "unsubscribed", "custom_fields": custom})
+    api.patch(f"/api/v2/persons/{pid}", json={"emails": [{"value": "cl2@example.com"}], "name": "Renamed"})
+    pipedrive_sim.sim.ui_update_person(
+        pid, marketing_status="subscribed"
+    )  # change_source "app" with an agent
+    entries = _walk(api, f"/v1/persons/{pid}/changelog", limit=2)  # the last page has next_cursor: null
+    assert len(entries) >= 8 and {"marketing_status", "email", "name"} <= {e["field_key"] for e in entries}
+    api.get("/api/v1/persons/1/changelog")  # an empty changelog, through the /api/v1 prefix
+    api.get(f"/v1/persons/{pid}/changelog", params={"limit": 0})  # 400
+    api.get(f"/v1/persons/{pid}/changelog", params={"cursor": "%%%"})  # 400
+    api.get("/v1/persons/999999/changelog")  # 404
+    assert {("GET", "/persons/{id}/changelog", 200), ("GET", "/persons/{id}/changelog", 400),
+            ("GET", "/persons/{id}/changelog", 404)} <= tracker.covered()  # fmt: skip
+
+
 def test_unauthorized_answers_match_the_documented_401(pipedrive_sim):
     r = httpx.get(f"{pipedrive_sim.base_url}/v1/webhooks", verify=_TLS)
     assert r.status_code == 401
@@ -288,6 +310,9 @@ def test_the_helper_checks_requests_too():
         validate_request("GET", "/api/v2/persons", query={"sort_by": "name"})
     with pytest.raises(SpecError):
         validate_request("POST", "/v1/webhooks", body={"subscription_url": "https://x"}, version="v1")
+    validate_request("GET", "/v1/persons/7/changelog", query={"limit": 100, "cursor": "aWQ6NTQ0"})
+    with pytest.raises(SpecError):
+        validate_request("GET", "/v1/persons/7/changelog", query={"limit": "many"})
 
 
 def test_the_helper_finds_operations_and_their_token_costs():
@@ -295,5 +320,22 @@ def test_the_helper_finds_operations_and_their_token_costs():
     assert find_operation("GET", "https://x.pipedrive.com/api/v2/persons/12?x=1").template == "/persons/{id}"
     assert find_operation("GET", "/api/v1/users/me").version == "v1"
     assert find_operation("POST", "/v1/webhooks").token_cost == 10
+    assert find_operation("GET", "/v1/persons/7/changelog").token_cost == 20
     with pytest.raises(SpecError):
         find_operation("GET", "/v1/persons")  # v1 persons are out of the current v1 spec
+
+
+def test_the_helper_checks_changelog_items():
+    item = {"field_key": "marketing_status", "old_value": "unsubscribed", "new_value": "subscribed",
+            "actor_user_id": 3, "time": "2024-02-12 09:14:35", "change_source": "app",
+            "change_source_user_agent": None, "is_bulk_update_flag": False}  # fmt: skip
+    body = {"success": True, "data": [item], "additional_data": {"next_cursor": None}}
+    validate_response("GET", "/v1/persons/7/changelog", 200, body)
+    with pytest.raises(SpecError, match="actor_user_id"):
+        validate_response(
+            "GET", "/v1/persons/7/changelog", 200, {**body, "data": [{**item, "actor_user_id": "3"}]}
+        )
+    with pytest.raises(SpecError, match="is_bulk_update_flag"):
+        validate_response(
+            "GET", "/v1/persons/7/changelog", 200, {**body, "data": [{**item, "is_bulk_update_flag": None}]}
+        )
