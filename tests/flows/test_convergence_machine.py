@@ -50,7 +50,10 @@ Profiles:
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -70,12 +73,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from connectors.maileon import MaileonClient
 from connectors.pipedrive import PipedriveClient
 from connectors.store import Store
-from connectors.store.models import InboxEvent, OutboxEvent, table_of
+from connectors.store.models import STORE_TABLES, InboxEvent, OutboxEvent, SchemaVersion, table_of
 from deployments.receiver import EventForwarder, create_app
 from flows.consent import sync
 from flows.deals import backfill_deal_events, send_deal_events
@@ -165,15 +168,31 @@ class Figures:
 
 
 @dataclass
+class Prepared:
+    """Both simulators right after an example's set-up (reset, configure, the `setup` flow,
+    `load_account`), and what the runtime learnt doing it: restored instead of redone (see `SimCopy`)."""
+
+    pd: dict[str, dict[str, Any]]
+    ml: dict[str, dict[str, Any]]
+    cache: dict[str, Any]
+    account: Account
+
+
+@dataclass
 class World:
     pd: SimHandle
     ml: SimHandle
     receiver_url: str
     switch: Switch
     tmp: Path
+    failed_stores: Path
     figures: Figures = field(default_factory=Figures)
     plan: CrashPlan = field(default_factory=CrashPlan)
     runs: int = 0
+    #: (campaigns, once_only) -> the simulators after the set-up of an example with those parameters.
+    prepared: dict[tuple[bool, bool], Prepared] = field(default_factory=dict)
+    #: pmsync's store (runtime, receiver): one database for every example, emptied in between.
+    stores: tuple[Store, Store] | None = None
 
 
 @dataclass
@@ -213,9 +232,98 @@ def live_permission(contact: dict[str, Any] | None) -> int:
     return int(contact["permission"] or 0) if contact else 0
 
 
+def empty_store(store: Store) -> None:
+    """Every table as a new database has it (schema version kept; AUTOINCREMENT counters restarted).
+
+    Cheaper than a new database file (engine, schema) per example. The consent ledger refuses DELETE
+    by trigger: its triggers are dropped for the delete and put back as they were, in one transaction.
+    """
+    keep = table_of(SchemaVersion)
+    with store.engine.connect() as conn, conn.begin():
+        triggers = list(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")))
+        for name, _ in triggers:
+            conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        for table in reversed(STORE_TABLES):
+            if table is not keep:
+                conn.execute(table.delete())
+        if conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")).first():
+            conn.exec_driver_sql("DELETE FROM sqlite_sequence")
+        for _, sql in triggers:
+            conn.exec_driver_sql(sql)
+
+
+def keep_copy(store: Store, path: Path) -> None:
+    """A copy of the store's database at `path` (a failed example's, for a look)."""
+    import sqlite3
+
+    source = sqlite3.connect(store.engine.url.database or "")
+    try:
+        with sqlite3.connect(path) as target:
+            source.backup(target)
+    finally:
+        source.close()
+
+
 def wait_webhooks(w: World) -> None:
+    """``dispatcher.wait_idle(15)``, looking every millisecond instead of every ten (it runs often)."""
     for handle in (w.pd, w.ml):
-        assert handle.sim.dispatcher.wait_idle(15), "simulator webhooks still in flight after 15 s"
+        deadline = time.monotonic() + 15
+        while handle.sim.dispatcher.pending():
+            assert time.monotonic() < deadline, "simulator webhooks still in flight after 15 s"
+            time.sleep(0.001)
+
+
+class SimCopy:
+    """What an example's set-up leaves in the two in-process simulators, copied and put back.
+
+    The set-up – ``sim.reset()``, ``configure``, the `setup` flow (webhooks registered, the Newsletter
+    and Maileon custom fields created) and ``load_account`` – does the same for every example with the
+    same (campaigns, once_only): ~40 HTTP requests. The first such example does it and copies the data
+    it left (stores, webhook registrations, id counters, clock, limiter budget, request log); later
+    ones reset the simulators and put a deep copy of that back. Locks, clocks' callables, the webhook
+    dispatcher and other plumbing stay the live objects (``reset()`` replaces data the same way: new
+    containers in the same objects). Copied only when the set-up sent no webhook (nothing in flight
+    or attempted), so the restored world is the one the set-up would have built.
+    """
+
+    #: Attributes that are plumbing, not data: never copied.
+    PLUMBING = frozenset({"lock", "_lock", "clock", "_clock", "_config", "dispatcher", "generation",
+                          "time_scale", "company_id", "company_domain"})
+
+    @staticmethod
+    def parts(w: World) -> tuple[dict[str, Any], dict[str, Any]]:
+        pd, ml = w.pd.sim, w.ml.sim
+        return ({"store": pd.store, "hub": pd.hub, "limiter": pd.limiter, "clock": pd.clock},
+                {"store": ml.store})
+
+    @classmethod
+    def data(cls, obj: Any, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        return copy.deepcopy({k: v for k, v in vars(obj).items()
+                              if k not in cls.PLUMBING and (names is None or k in names)})
+
+    @classmethod
+    def take(cls, w: World) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]] | None:
+        for handle in (w.pd, w.ml):
+            if handle.sim.dispatcher.pending() or handle.sim.dispatcher.attempts or handle.sim.state.fault_counts:
+                return None
+        pd_parts, ml_parts = cls.parts(w)
+        pd = {name: cls.data(obj) for name, obj in pd_parts.items()}
+        pd["sim"] = cls.data(w.pd.sim, ("tokens",))
+        ml = {name: cls.data(obj) for name, obj in ml_parts.items()}
+        ml["sim"] = cls.data(w.ml.sim, ("ignored_custom_fields", "fired", "_rate_window", "_rng"))
+        for side, handle in ((pd, w.pd), (ml, w.ml)):
+            with handle.sim.state.lock:
+                side["state"] = {"requests": copy.deepcopy(handle.sim.state.requests)}
+        return pd, ml
+
+    @classmethod
+    def put_back(cls, w: World, prepared: Prepared) -> None:
+        pd_parts, ml_parts = cls.parts(w)
+        for parts, saved, handle in ((pd_parts, prepared.pd, w.pd), (ml_parts, prepared.ml, w.ml)):
+            targets = {**parts, "sim": handle.sim, "state": handle.sim.state}
+            with handle.sim.state.lock, handle.sim.store.lock:
+                for name, values in saved.items():
+                    vars(targets[name]).update(copy.deepcopy(values))
 
 
 # ------------------------------------------------------------------------------------- the machine
@@ -261,18 +369,34 @@ class ConvergenceMachine(RuleBasedStateMachine):
         w.pd.sim.configure(campaigns_enabled=campaigns, subscriber_cap=None, once_only_rule=once_only,
                            burst_limit=10_000, search_burst_limit=10_000)
         faults(w, retry_after_seconds=0.01, timeout_ms=LATE_MS)
-        db = w.tmp / f"pmsync-{w.runs}.db"
-        self.settings = settings_for(w, db, HTTP_TIMEOUT)
-        self.rt = Runtime.from_settings(self.settings, transport=self.plan.transport())
-        self.plan.install_in(self.rt.store)
-        self.receiver_store = Store.from_settings(self.settings)
+        self.settings = settings_for(w, w.tmp / "pmsync.db", HTTP_TIMEOUT)
+        if w.stores is None:
+            w.stores = (Store.from_settings(self.settings), Store.from_settings(self.settings))
+            self.plan.install_in(w.stores[0])
+        else:
+            empty_store(w.stores[0])
+        transport = self.plan.transport()
+        self.rt = Runtime(settings=self.settings, store=w.stores[0],
+                          pipedrive=PipedriveClient.from_settings(self.settings, transport=transport),
+                          maileon=MaileonClient.from_settings(self.settings, transport=transport))
+        self.receiver_store = w.stores[1]
         w.switch.target = create_app(self.settings, store=self.receiver_store, forwarder=EventForwarder(None))
         self.installed = use_runtime(self.rt)
         self.installed.__enter__()
         self.started_at = datetime.now(UTC) - timedelta(minutes=1)
-        report = setup(webhook_url=w.receiver_url)
-        assert report.webhooks is not None
-        self.account = load_account(self.rt)
+        prepared = w.prepared.get((campaigns, once_only))
+        if prepared is not None:
+            SimCopy.put_back(w, prepared)
+            self.rt.cache.update(copy.deepcopy(prepared.cache))
+            self.account = copy.deepcopy(prepared.account)
+        else:
+            report = setup(webhook_url=w.receiver_url)
+            assert report.webhooks is not None
+            self.account = load_account(self.rt)
+            taken = SimCopy.take(w)
+            if taken is not None:
+                w.prepared[(campaigns, once_only)] = Prepared(*taken, cache=copy.deepcopy(self.rt.cache),
+                                                             account=copy.deepcopy(self.account))
         for n, i in enumerate(LAYOUT):
             self.persons.append(PersonRef(self._ui_person(f"Person {n}", BASE_EMAILS[i]), BASE_EMAILS[i]))
         faults(w, drop_webhooks=drop, duplicate_webhooks=duplicate, reorder_webhooks=reorder)
@@ -487,16 +611,20 @@ class ConvergenceMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "rt"):
             return
+        failed = True
         try:
             self._converge_and_check()
+            failed = False
         finally:
             wait_webhooks(self.w)  # echoes of the last writes must not reach the next example's inbox
             for handle in (self.w.pd, self.w.ml):  # counted per example: a reset clears them
                 self.w.figures.faults.update(handle.sim.state.fault_counts)
             self.w.figures.crashes.update(self.plan.crashes)
             self.installed.__exit__(None, None, None)
-            self.rt.close()
-            self.receiver_store.close()
+            self.rt.pipedrive.close()
+            self.rt.maileon.close()  # the store is the next example's, emptied (see empty_store)
+            if failed:  # a failed example's store stays for a look
+                keep_copy(self.rt.store, self.w.failed_stores / f"pmsync-{self.w.runs}.db")
             if FIGURES_FILE and self.w.figures.examples % 50 == 0:
                 # Long runs: the figures so far survive an interrupted run.
                 Path(FIGURES_FILE).write_text("\n".join(self.w.figures.lines()) + "\n")
@@ -505,7 +633,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         w = self.w
         faults(w, error_rate=0.0, timeout_rate=0.0, drop_webhooks=0.0, duplicate_webhooks=0.0)
         # The last runs need no fault tolerance of their own: a patient client, no crashes.
-        patient = settings_for(w, Path(self.settings.database_url.removeprefix("sqlite:///")), 10.0)
+        patient = settings_for(w, w.tmp / "pmsync.db", 10.0)
         self.rt.pipedrive.close()
         self.rt.maileon.close()
         self.rt.pipedrive = PipedriveClient.from_settings(patient, transport=self.plan.transport())
@@ -648,10 +776,17 @@ def receiver() -> Iterator[tuple[Switch, str]]:
 def world(pipedrive_sim: SimHandle, maileon_sim: SimHandle, receiver: tuple[Switch, str], tmp_path: Path,
           request: pytest.FixtureRequest) -> Iterator[World]:
     switch, url = receiver
-    w = World(pd=pipedrive_sim, ml=maileon_sim, receiver_url=url, switch=switch, tmp=tmp_path)
+    # The stores commit with synchronous=FULL: on tmpfs a commit costs no disk flush.
+    shm = Path("/dev/shm")
+    tmp = Path(tempfile.mkdtemp(prefix="pmsync-machine-", dir=shm)) if shm.is_dir() else tmp_path
+    w = World(pd=pipedrive_sim, ml=maileon_sim, receiver_url=url, switch=switch, tmp=tmp, failed_stores=tmp_path)
     ConvergenceMachine.world = w
     yield w
     w.plan.close_transport()
+    for store in w.stores or ():
+        store.close()
+    if tmp != tmp_path:
+        shutil.rmtree(tmp, ignore_errors=True)
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n" + "\n".join(w.figures.lines()), flush=True)
