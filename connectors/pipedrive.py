@@ -1,4 +1,5 @@
-"""Pipedrive API client (v2 for persons, deals, organizations; v1 for users, personFields, webhooks).
+"""Pipedrive API client (v2 for persons, deals, organizations; v1 for users, personFields, webhooks,
+the person changelog).
 
 Everything goes through :class:`connectors.http.HttpCore` (limiter, retries, errors, accounting).
 Auth is the ``x-api-token`` header (the only scheme in both specs; the token never goes into a URL).
@@ -50,6 +51,8 @@ from connectors.http import (
     client_options,
 )
 from connectors.pipedrive_models import (
+    ChangelogEntry,
+    ChangelogPage,
     ContactValue,
     Deal,
     DealPage,
@@ -71,6 +74,9 @@ from pmsync.rules.status import WRITABLE, MarketingStatus, normalize_email
 log = get_logger("pmsync.connectors.pipedrive")
 
 MAX_LIMIT = 500
+#: ``GET /v1/persons/{id}/changelog`` page size. Neither the spec nor apis.md gives a default or a
+#: maximum for it; 100 (default) and 500 (``MAX_LIMIT``) are those of the other list endpoints.
+CHANGELOG_LIMIT = 100
 MAX_IDS = 100
 MAX_CUSTOM_FIELDS = 15
 PROBE_WINDOW = 100
@@ -102,6 +108,7 @@ TOKEN_COST: dict[str, int] = {
     "GET /v1/webhooks": 10,
     "POST /v1/webhooks": 10,
     "DELETE /v1/webhooks/{id}": 6,
+    "GET /v1/persons/{id}/changelog": 20,
 }
 
 _DAILY_BODY = re.compile(r"(?i)daily.{0,40}(limit|budget|token|quota)|(limit|budget|token|quota).{0,40}daily")
@@ -227,7 +234,9 @@ class PipedriveClient:
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> PipedriveClient:
         """Build from :class:`pmsync.settings.Settings` (overrides: transport, sleep, clock, …)."""
-        return cls(settings.pipedrive_base_url, settings.pipedrive_api_token, **client_options(settings, **overrides))
+        return cls(
+            settings.pipedrive_base_url, settings.pipedrive_api_token, **client_options(settings, **overrides)
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -487,6 +496,35 @@ class PipedriveClient:
             for h in self.search_persons_by_email(email)
             if wanted in {normalize_email(e) for e in h.emails}
         ]
+
+    def iter_person_changelog(
+        self, person_id: int, *, limit: int = CHANGELOG_LIMIT
+    ) -> Iterator[ChangelogEntry]:
+        """The person's field changes, **newest first** (the order Pipedrive lists them in), from
+        ``GET /v1/persons/{id}/changelog`` (20 tokens per page of ``limit`` entries, 1..500).
+
+        Lazy: a page is fetched only when the previous one is used up, so stopping early (e.g. at the
+        first entry older than a watermark) saves calls. A person that does not exist or is deleted
+        (404) yields nothing, like a person without changes (``get_person`` tells them apart); a 404
+        on a later page (deleted while paging) ends the iteration.
+        ``marketing_status`` changes come with ``field_key == "marketing_status"`` and the old/new
+        status strings. Retries, rate limits and budget errors are the client's usual ones.
+        """
+        self._check_limit(limit)
+        return self._changelog_entries(int(person_id), limit)
+
+    def _changelog_entries(self, person_id: int, limit: int) -> Iterator[ChangelogEntry]:
+        pages = self._iter_cursor(
+            f"/v1/persons/{person_id}/changelog",
+            "/v1/persons/{id}/changelog",
+            {"limit": limit},
+            ChangelogPage,
+        )
+        try:
+            for page in pages:
+                yield from page.items
+        except NotFoundError:
+            return
 
     # ------------------------------------------------------------------ marketing status
 

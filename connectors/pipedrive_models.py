@@ -6,7 +6,7 @@ Optional. See apis.md §1–§4.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator
@@ -259,6 +259,38 @@ class OrganizationPage(CursorPage[Organization]):
     pass
 
 
+class ChangelogEntry(PipedriveModel):
+    """One changed field of a person (``GET /v1/persons/{id}/changelog``, SPEC-v1).
+
+    ``field_key`` is ``marketing_status``, ``email``, ``name``, ... or a custom field's 40-hex key;
+    values are v1 strings (a marketing status as its value, e.g. ``"unsubscribed"``). ``time`` is
+    sent as ``YYYY-MM-DD HH:MM:SS`` in UTC and parsed to an aware UTC datetime.
+    """
+
+    field_key: str
+    old_value: str | None = None
+    new_value: str | None = None
+    actor_user_id: int | None = None
+    time: datetime
+    change_source: str | None = None
+    change_source_user_agent: str | None = None
+    is_bulk_update_flag: bool = False
+
+    @field_validator("old_value", "new_value", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else str(value)
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ChangelogPage(CursorPage[ChangelogEntry]):
+    pass
+
+
 class MarketingStatusResult(BaseModel):
     """The outcome of a marketing-status write: what we asked for and what Pipedrive kept.
 
@@ -507,6 +539,8 @@ class WebhookEvent(PipedriveModel):
 
 __all__ = [
     "AddressFieldValue",
+    "ChangelogEntry",
+    "ChangelogPage",
     "ContactValue",
     "CursorPage",
     "Deal",

@@ -15,6 +15,7 @@ from connectors.errors import TransientError
 from connectors.http import RetryPolicy
 from connectors.pipedrive import PipedriveClient
 from connectors.pipedrive_models import (
+    ChangelogEntry,
     EnumFieldValue,
     MonetaryFieldValue,
     OtherFieldValue,
@@ -290,3 +291,87 @@ def test_webhook_delete_event_has_no_data() -> None:
     assert event.deal() is None and event.entity_id == 5
     prev = event.previous_deal()
     assert prev is not None and prev.title == "D"
+
+
+# --------------------------------------------------------------------------- person changelog (v1), over the simulator
+
+
+def _sim_client(handle: Any) -> PipedriveClient:
+    policy = RetryPolicy(max_retries=12, backoff_base=0.001, backoff_max=0.01)
+    return PipedriveClient(handle.base_url, handle.secret, sleep=lambda _s: None, retry=policy)
+
+
+def _sim_post(handle: Any, path: str, body: dict[str, Any]) -> Any:
+    r = httpx.post(handle.base_url + path, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_person_changelog_shows_an_overwritten_opt_out_newest_first_with_utc_times(
+    pipedrive_sim: Any,
+) -> None:
+    _sim_post(pipedrive_sim, "/_sim/clock", {"now": "2024-02-12T09:10:12Z", "frozen": True})
+    with _sim_client(pipedrive_sim) as pd:
+        pid = pd.create_person("Opt Out", emails=["optout@example.com"], owner_id=3).id
+        pd.set_marketing_status(pid, MarketingStatus.SUBSCRIBED)
+        pd.set_marketing_status(pid, MarketingStatus.UNSUBSCRIBED)
+        _sim_post(pipedrive_sim, "/_sim/clock", {"advance": 263})
+        _sim_post(
+            pipedrive_sim, f"/_sim/ui/persons/{pid}", {"marketing_status": "subscribed"}
+        )  # the salesperson
+        entries = list(pd.iter_person_changelog(pid))
+        assert pd.stats.by_endpoint["GET /v1/persons/{id}/changelog"].tokens == 20
+    assert all(isinstance(e, ChangelogEntry) for e in entries)
+    assert [(e.field_key, e.old_value, e.new_value, e.change_source, e.actor_user_id) for e in entries] == [
+        ("marketing_status", "unsubscribed", "subscribed", "app", 3),
+        ("marketing_status", "subscribed", "unsubscribed", "api", 1),
+        ("marketing_status", "no_consent", "subscribed", "api", 1),
+    ]
+    assert entries[0].time == datetime(2024, 2, 12, 9, 14, 35, tzinfo=UTC)
+    assert entries[0].time.utcoffset() is not None and entries[-1].time == datetime(
+        2024, 2, 12, 9, 10, 12, tzinfo=UTC
+    )
+    assert entries[0].change_source_user_agent and entries[0].is_bulk_update_flag is False
+
+
+def test_person_changelog_pages_are_fetched_lazily(pipedrive_sim: Any) -> None:
+    with _sim_client(pipedrive_sim) as pd:
+        pid = pd.create_person("Paged", emails=["paged@example.com"]).id
+        for i in range(5):
+            pd.update_person(pid, {"name": f"Paged {i}"})
+        entries = pd.iter_person_changelog(pid, limit=2)
+        assert pd.stats.calls == 6  # nothing fetched yet
+        first_three = [next(entries) for _ in range(3)]
+        assert pd.stats.by_endpoint["GET /v1/persons/{id}/changelog"].calls == 2
+        rest = list(entries)
+    names = [e.new_value for e in first_three + rest if e.field_key == "name"]
+    assert names == [f"Paged {i}" for i in range(4, -1, -1)]
+
+
+def test_person_changelog_of_a_missing_or_deleted_person_is_empty(pipedrive_sim: Any) -> None:
+    with _sim_client(pipedrive_sim) as pd:
+        assert list(pd.iter_person_changelog(999_999)) == []
+        pid = pd.create_person("Gone", emails=["gone@example.com"]).id
+        pd.update_person(pid, {"name": "Gone Soon"})
+        assert len(list(pd.iter_person_changelog(pid))) == 2  # name, last_name
+        pd.delete_person(pid)
+        assert list(pd.iter_person_changelog(pid)) == []
+        with pytest.raises(ValueError, match="limit"):
+            pd.iter_person_changelog(pid, limit=501)
+        with pytest.raises(ValueError, match="limit"):
+            pd.iter_person_changelog(pid, limit=0)
+
+
+def test_person_changelog_pages_survive_faults_through_the_usual_retries(pipedrive_sim: Any) -> None:
+    with _sim_client(pipedrive_sim) as pd:
+        pid = pd.create_person("Flaky", emails=["flaky@example.com"]).id
+        for i in range(6):
+            pd.update_person(pid, {"phones": [f"+49 30 {i}"]})
+        pipedrive_sim.sim.state.rng.seed(1)  # which requests fail is then fixed
+        _sim_post(pipedrive_sim, "/_sim/faults", {"error_rate": 0.5, "retry_after_seconds": 0})
+        try:
+            entries = list(pd.iter_person_changelog(pid, limit=1))
+        finally:
+            _sim_post(pipedrive_sim, "/_sim/faults", {"error_rate": 0.0})
+        assert pd.stats.by_endpoint["GET /v1/persons/{id}/changelog"].retries > 0
+    assert [e.new_value for e in entries] == [f"+49 30 {i}" for i in range(5, -1, -1)]

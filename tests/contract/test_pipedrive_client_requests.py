@@ -71,6 +71,7 @@ def exercise(client: PipedriveClient, sim: Any) -> None:
     client.get_person(person.id, include_marketing_status=True)
     client.update_person(person.id, {"name": "Contract Person 2", "emails": ["contract@example.com"]})
     client.set_marketing_status(person.id, MarketingStatus.SUBSCRIBED, read_before=True)
+    assert len(list(client.iter_person_changelog(person.id, limit=1))) >= 2  # cursor paging: several pages
     client.search_persons_by_email("contract@example.com")
     client.find_person_ids_by_email("contract@example.com")
     client._newest("/api/v2/persons", PersonPage)  # the probe behind safe creates
@@ -118,6 +119,8 @@ def test_every_request_the_pipedrive_connector_sends_matches_the_spec(pipedrive_
     with client:
         exercise(client, pipedrive_sim.sim)
     operations = {(r.method, r.url.path.split("/")[1]) for r in recorder.requests}
+    changelog_pages = [r for r in recorder.requests if r.url.path.endswith("/changelog")]
+    assert len(changelog_pages) >= 2 and "cursor" in changelog_pages[-1].url.params
     assert len(recorder.requests) >= 30 and ("POST", "v1") in operations and ("PATCH", "api") in operations
     failures: list[str] = []
     for request in recorder.requests:
