@@ -1,5 +1,5 @@
 """A faithful Pipedrive simulator: API v2 persons/deals/organizations/personFields/search, the v1
-webhooks/personFields/users endpoints, webhooks v2 delivery, Campaigns `marketing_status` rules,
+webhooks/personFields/users endpoints and the person changelog, webhooks v2 delivery, Campaigns `marketing_status` rules,
 burst and daily-token rate limits — served as an ASGI app (`PipedriveSim(...).app`).
 
 Module map:
@@ -51,6 +51,13 @@ Documented choices where Pipedrive's behaviour is unconfirmed:
 - `once_only_rule` (on by default): for one email, each distinct (old → new) change takes effect at
   most once; a repeat is ignored like any forbidden change (see `pmsync.rules.status`).
 - A write that changes nothing keeps `update_time` and raises no webhook.
+- `GET /v1/persons/{id}/changelog` lists changes **newest first** (the spec example's order), one entry
+  per changed field of every update through any path (API, `/_sim/ui`, `/_sim/emails/status`, and
+  the status of persons sharing a primary email); creating or deleting a person records none. Values
+  are v1 strings (`email`/`phone`: the values joined by ", "; custom fields by 40-hex key;
+  `marketing_status` with Campaigns enabled); `change_source_user_agent` is a browser for "app", null
+  for "api"; `is_bulk_update_flag` is always false. Cursor: base64 `id:<n>` like the spec example;
+  `limit` 1..500, default 100. A missing or deleted person: 404.
 - Fields the spec types as non-nullable are omitted when empty rather than sent as null (see
   `views.py`); only `next_cursor`, `person_id` and `org_id` are ever null where the spec says not.
 """
