@@ -238,7 +238,9 @@ def test_webhooks_validate_against_the_v1_spec(pipedrive_sim, checked, receiver)
             ("POST", "/webhooks", 400), ("DELETE", "/webhooks/{id}", 404)} <= tracker.covered()  # fmt: skip
 
 
-def test_person_changelog_validates_against_the_v1_spec(pipedrive_sim, checked):
+def test_person_changelog_validates_against_the_v1_spec(
+    pipedrive_sim: Any, checked: tuple[httpx.Client, Checked]
+) -> None:
     api, tracker = checked
     pipedrive_sim.sim.seed(persons=5, deals=0)
     custom = _custom_values(api)
@@ -325,7 +327,7 @@ def test_the_helper_finds_operations_and_their_token_costs():
         find_operation("GET", "/v1/persons")  # v1 persons are out of the current v1 spec
 
 
-def test_the_helper_checks_changelog_items():
+def test_the_helper_checks_changelog_items() -> None:
     item = {"field_key": "marketing_status", "old_value": "unsubscribed", "new_value": "subscribed",
             "actor_user_id": 3, "time": "2024-02-12 09:14:35", "change_source": "app",
             "change_source_user_agent": None, "is_bulk_update_flag": False}  # fmt: skip

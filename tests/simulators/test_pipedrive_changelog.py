@@ -43,7 +43,7 @@ def ui_update(handle: Any, pid: int, **body: Any) -> None:
         assert r.status_code == 200, r.text
 
 
-def test_an_api_patch_records_one_entry_per_changed_field_in_the_simulated_clock(pipedrive_sim):
+def test_an_api_patch_records_one_entry_per_changed_field_in_the_simulated_clock(pipedrive_sim: Any) -> None:
     set_clock(pipedrive_sim, "2024-02-12T09:10:12Z")
     with client(pipedrive_sim) as api:
         person = create_person(api, "Ada Lovelace", "ada@example.com")
@@ -67,7 +67,7 @@ def test_an_api_patch_records_one_entry_per_changed_field_in_the_simulated_clock
     assert (by_key["last_name"]["old_value"], by_key["last_name"]["new_value"]) == ("Lovelace", "King")
 
 
-def test_a_salespersons_overwrite_of_an_opt_out_is_in_the_changelog_newest_first(pipedrive_sim):
+def test_a_salespersons_overwrite_of_an_opt_out_is_in_the_changelog_newest_first(pipedrive_sim: Any) -> None:
     """The case pmsync recovers: unsubscribed by the sync, then subscribed again in the web app."""
     set_clock(pipedrive_sim, "2024-02-12T09:10:12Z")
     with client(pipedrive_sim) as api:
@@ -91,7 +91,7 @@ def test_a_salespersons_overwrite_of_an_opt_out_is_in_the_changelog_newest_first
     )
 
 
-def test_status_changes_reach_the_changelog_of_every_person_sharing_the_email(pipedrive_sim):
+def test_status_changes_reach_the_changelog_of_every_person_sharing_the_email(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api:
         first = create_person(api, "First", "shared@example.com")["id"]
         second = create_person(api, "Second", "SHARED@example.com")["id"]
@@ -106,7 +106,7 @@ def test_status_changes_reach_the_changelog_of_every_person_sharing_the_email(pi
     assert logs[other] == []
 
 
-def test_email_and_custom_field_changes_use_email_and_the_hash_key(pipedrive_sim):
+def test_email_and_custom_field_changes_use_email_and_the_hash_key(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api:
         field = api.post("/v1/personFields", json={"name": "Position", "field_type": "varchar"}).json()[
             "data"
@@ -124,7 +124,7 @@ def test_email_and_custom_field_changes_use_email_and_the_hash_key(pipedrive_sim
     ]
 
 
-def test_a_write_that_changes_nothing_records_nothing(pipedrive_sim):
+def test_a_write_that_changes_nothing_records_nothing(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api:
         pid = create_person(api, "Same", "same@example.com")["id"]
         api.patch(f"/api/v2/persons/{pid}", json={"name": "Same"})
@@ -135,7 +135,7 @@ def test_a_write_that_changes_nothing_records_nothing(pipedrive_sim):
     assert all(V1_TIME.match(e["time"]) for e in entries)
 
 
-def test_pages_follow_an_opaque_cursor_newest_first(pipedrive_sim):
+def test_pages_follow_an_opaque_cursor_newest_first(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api:
         pid = create_person(api, "Paged", "paged@example.com")["id"]
         for i in range(7):
@@ -158,7 +158,7 @@ def test_pages_follow_an_opaque_cursor_newest_first(pipedrive_sim):
     assert [e for page in pages for e in page] == full
 
 
-def test_bad_limits_and_cursors_are_400_and_missing_or_deleted_persons_are_404(pipedrive_sim):
+def test_bad_limits_and_cursors_are_400_and_missing_or_deleted_persons_are_404(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api:
         pid = create_person(api)["id"]
         for params in (
@@ -179,7 +179,7 @@ def test_bad_limits_and_cursors_are_400_and_missing_or_deleted_persons_are_404(p
     assert httpx.get(f"{pipedrive_sim.base_url}/v1/persons/{pid}/changelog").status_code == 401
 
 
-def test_each_call_costs_20_tokens(pipedrive_sim):
+def test_each_call_costs_20_tokens(pipedrive_sim: Any) -> None:
     with client(pipedrive_sim) as api, control(pipedrive_sim) as c:
         pid = create_person(api)["id"]
         used = c.get("/_sim/budget").json()["used"]
@@ -187,7 +187,7 @@ def test_each_call_costs_20_tokens(pipedrive_sim):
         assert c.get("/_sim/budget").json()["used"] - used == 20
 
 
-def test_reset_and_seed_empty_the_changelog(pipedrive_sim):
+def test_reset_and_seed_empty_the_changelog(pipedrive_sim: Any) -> None:
     sim = pipedrive_sim.sim
     with client(pipedrive_sim) as api:
         pid = create_person(api)["id"]
