@@ -21,10 +21,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.errors import BudgetExhausted
 from pmsync.rules.diff import Drift, brake
+from tasks.changelog import Recovered, recover_overwritten_optouts
 from tasks.consent import settle_batch
 from tasks.reconcile import (
     ML_PAGE_SIZE,
     ML_PAGES_PER_TASK,
+    ChangelogCheck,
     ContactChunk,
     DriftSummary,
     Mode,
@@ -72,9 +74,13 @@ def reconcile(mode: Mode = "incremental", dry_run: bool = False, repair_threshol
     if not pd_pass.done:                             # token cap / daily budget: resume next run
         return finish_run(_report(plan, "paused", pd_pass, contacts, unsubscriptions), plan)
     drift = find_drift(plan, persons, contacts.frame, unsubscriptions.frame)
-    repairs = _repair(plan, drift)
-    status = _status(plan, drift, repairs)
-    return finish_run(_report(plan, status, pd_pass, contacts, unsubscriptions, drift, repairs), plan)
+    recovered = _recover_optouts(plan, pd_pass)
+    repairs = _repair(plan, drift, recovered)
+    status = _status(plan, drift, repairs, recovered)
+    report = _report(plan, status, pd_pass, contacts, unsubscriptions, drift, repairs)
+    report.changelog = ChangelogCheck(suspects=len(pd_pass.suspects), read=recovered.read,
+                                      optouts=len(recovered.signals), left=recovered.left)
+    return finish_run(report, plan)
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -127,15 +133,23 @@ def _read_maileon(plan: Plan) -> MaileonRead:
 # ---------------------------------------------------------------------------------------- repair
 
 
-def _repair(plan: Plan, drift: Drift) -> Repairs:
+def _recover_optouts(plan: Plan, persons: PassSummary) -> Recovered:
+    """Opt-outs a salesperson overwrote before pmsync saw them, from the suspects' changelogs."""
+    if plan.changelog_since is None or not persons.suspects:
+        return Recovered()
+    return recover_overwritten_optouts(persons.suspects, plan.changelog_since, plan.account.api_user_id)
+
+
+def _repair(plan: Plan, drift: Drift, recovered: Recovered) -> Repairs:
     """Below the brake: consent drift through the consent rules (settle batches, cause "reconcile"),
     then stale fields through bulk sync, each batch only while the token cap allows it. A dry run
     asks the consent rules for their plan and writes nothing."""
-    repairs = Repairs(braked=brake(drift.planned, drift.population, plan.threshold))
+    extra = len(set(recovered.signals) - set(drift.settle["email"]))
+    repairs = Repairs(braked=brake(drift.planned + extra, drift.population, plan.threshold))
     if repairs.braked:
         return repairs
     rt = get_runtime()
-    batches: list[Any] = list(settle_batches(drift, rt.settings.batch_size))
+    batches: list[Any] = list(settle_batches(drift, rt.settings.batch_size, recovered))
     for i, batch in enumerate(batches):
         if not plan.dry_run and not plan.budget.allows(rt, settle_tokens(batch)):
             repairs.stopped = "token_cap"
@@ -164,10 +178,10 @@ def _repair(plan: Plan, drift: Drift) -> Repairs:
 # ---------------------------------------------------------------------------------------- report
 
 
-def _status(plan: Plan, drift: Drift, repairs: Repairs) -> Status:
+def _status(plan: Plan, drift: Drift, repairs: Repairs, recovered: Recovered) -> Status:
     if repairs.braked:
         return "braked"
-    if drift.planned == 0:
+    if drift.planned == 0 and not recovered.signals:
         return "in_sync"
     if plan.dry_run:
         return "planned"

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     token_budget_per_run: int = Field(default=50_000, ge=0, validation_alias="PMSYNC_TOKEN_BUDGET_PER_RUN")
     #: Auto-repair only while planned changes / contacts stays below this; above, stop for review.
     repair_threshold: float = Field(default=0.05, gt=0, le=1, validation_alias="PMSYNC_REPAIR_THRESHOLD")
+    #: Persons whose Pipedrive changelog a reconcile may read (20 tokens each) to find an opt-out a
+    #: salesperson overwrote before pmsync saw it (its webhook lost); 0 = never read it.
+    changelog_reads_per_run: int = Field(default=200, ge=0, validation_alias="PMSYNC_CHANGELOG_READS_PER_RUN")
     #: A pmsync DOI still unconfirmed after this many days is reported (drift class doi_pending_too_long).
     doi_pending_max_days: float = Field(default=14.0, ge=0, validation_alias="PMSYNC_DOI_PENDING_MAX_DAYS")
 

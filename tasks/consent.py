@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
@@ -149,7 +150,7 @@ def primary_email(person: Person) -> str | None:
 # ----------------------------------------------------------------------------------------- collect
 
 
-@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
+@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def collect_person_page(account: Account, updated_since: datetime | None, cursor: str | None) -> Candidates:
     """One page of Pipedrive persons updated since the watermark → candidates, and the email index.
 
@@ -200,7 +201,7 @@ def _newsletter(account: Account, person: Person) -> str | None:
     return value.value if value is not None else None
 
 
-@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
+@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def collect_unsubscriptions(from_date: datetime, to_date: datetime) -> Candidates:
     """Maileon's unsubscription report for [from_date, to_date) → unsubscribe signals by email."""
     rt = get_runtime()
@@ -216,7 +217,7 @@ def collect_unsubscriptions(from_date: datetime, to_date: datetime) -> Candidate
     return out
 
 
-@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
+@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def collect_doi_confirmations(updated_after: datetime | None, page_index: int) -> Candidates:
     """One page of Maileon contacts updated since the watermark → DOI confirmations (permission 4/5)
     of contacts pmsync created (createdByPipedrive)."""
@@ -252,7 +253,7 @@ def _as_utc(value: Any) -> datetime | None:
 # ------------------------------------------------------------------------------------------ settle
 
 
-@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only)
+@task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def settle_batch(
     account: Account,
     batch: dict[str, AnySignal | None],

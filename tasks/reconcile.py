@@ -40,8 +40,9 @@ from connectors.pipedrive_models import Person
 from connectors.store import SnapshotRow
 from pmsync.rules import diff
 from pmsync.rules.mapping import map_person, parse_external_id
-from pmsync.rules.status import normalize_email
+from pmsync.rules.status import MarketingStatus, normalize_email
 from tasks.account import Account, load_account, maileon_custom_field_types
+from tasks.changelog import Recovered, Suspect
 from tasks.consent import AnySignal, MaileonSignal, SettleSummary, mask, primary_email
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
@@ -60,6 +61,8 @@ FIELD_SYNC_BATCH = 1000
 CHECKPOINT = "reconcile"
 WATERMARK_PERSONS = "reconcile.persons"
 WATERMARK_UNSUBSCRIPTIONS = "reconcile.unsubscriptions"
+#: Persons updated since this time may hide an opt-out a salesperson overwrote (tasks.changelog).
+WATERMARK_CHANGELOG = "reconcile.changelog"
 PAGE_TOKENS = TOKEN_COST["GET /api/v2/persons"]
 IDS_TOKENS = TOKEN_COST["GET /api/v2/persons"]
 ORGS_TOKENS = TOKEN_COST["GET /api/v2/organizations"]
@@ -123,6 +126,8 @@ class Plan(BaseModel):
     field_types: dict[str, str]
     doi_pending_max_s: float
     budget: Budget = Field(default_factory=Budget)
+    #: Read the changelog of persons updated since this (None: Campaigns off, or reads disabled).
+    changelog_since: datetime | None = None
 
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
@@ -178,6 +183,9 @@ def begin_run(mode: Mode, dry_run: bool, repair_threshold: float | None) -> Plan
         plan.unsubscriptions_since = None  # the whole report: every opt-out Maileon still knows
     else:
         plan.unsubscriptions_since = unsub_mark - overlap if unsub_mark else None
+    if account.campaigns_enabled and settings.changelog_reads_per_run > 0:
+        mark = rt.store.get_watermark_time(WATERMARK_CHANGELOG) or rt.store.created_at()
+        plan.changelog_since = mark - overlap if mark else None
     plan.budget = _forecast(rt, plan, base)
     plan.budget.pipedrive_calls_base, plan.budget.maileon_calls_base = calls
     log.info(
@@ -238,6 +246,7 @@ class PersonChunk:
     last_id: int = 0
     done: bool = False
     stopped: Stop | None = None
+    suspects: list[Suspect] = field(default_factory=list)
 
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
@@ -387,6 +396,8 @@ class _PageReader:
         for i, p in enumerate(live):
             now = (emails[i], newsletters[i], statuses[i], f"{int(raws[i]):016x}{int(exp[i]):016x}{int(fmask[i]):04x}")
             old = before.get(p.id)
+            if self._may_hide_optout(p, emails[i], statuses[i], old):
+                out.suspects.append(Suspect(person_id=p.id, email=emails[i] or "", update_time=p.update_time))
             if old == now:
                 continue
             if old is None:
@@ -411,6 +422,15 @@ class _PageReader:
             "exp": exp,
             "mask": fmask,
         })
+
+    def _may_hide_optout(self, person: Person, email: str | None, status: str | None, old: Stored | None) -> bool:
+        """Updated since pmsync last looked, not unsubscribed now, nor in the snapshot: a lost webhook
+        could have hidden an opt-out a salesperson then overwrote (tasks.changelog)."""
+        since = self.plan.changelog_since
+        unsubscribed = MarketingStatus.UNSUBSCRIBED.value
+        return (since is not None and email is not None and status is not None and status != unsubscribed
+                and (old is None or old[2] != unsubscribed) and person.update_time is not None
+                and person.update_time >= since - timedelta(seconds=1))
 
     def _newsletter(self, person: Person) -> str | None:
         raw = person.custom_fields.get(self.plan.account.newsletter.key)
@@ -672,14 +692,17 @@ class SettleBatch(BaseModel):
     contacts: dict[str, Contact | None]
 
 
-def settle_batches(drift: diff.Drift, size: int) -> Iterator[SettleBatch]:
+def settle_batches(drift: diff.Drift, size: int, recovered: Recovered | None = None) -> Iterator[SettleBatch]:
+    """Drift's emails in batches of ``size``, then the other emails whose overwritten opt-out the
+    changelog recovered (an email with drift takes its recovered signal unless Maileon's report has one)."""
     frame = drift.settle.sort_values("email")
+    extra = dict(recovered.signals) if recovered is not None else {}
     for start in range(0, len(frame), size):
         part = frame.iloc[start:start + size]
         batch = SettleBatch(emails={}, person_ids={}, contacts={})
         for email, ids, permission, unsub_ms in zip(part["email"], drift.person_ids(part["key"].to_numpy()),
                                                     part["permission"], part["unsubscribed_at_ms"], strict=True):
-            signal: AnySignal | None = None
+            signal: AnySignal | None = extra.pop(email, None)
             if unsub_ms >= 0:
                 at = datetime.fromtimestamp(unsub_ms / 1000, UTC)
                 signal = MaileonSignal(kind="unsubscribe", at=at, cause=f"maileon-report:{email}:{at.isoformat()}")
@@ -690,6 +713,12 @@ def settle_batches(drift: diff.Drift, size: int) -> Iterator[SettleBatch]:
                 # settle task (a stale "no contact" could otherwise start a second DOI)
                 batch.contacts[email] = Contact(email=email, permission=int(permission))
         yield batch
+    emails = sorted(extra)
+    for start in range(0, len(emails), size):
+        part_emails = emails[start:start + size]
+        yield SettleBatch(emails={e: extra[e] for e in part_emails}, contacts={},
+                          person_ids={e: sorted(set(recovered.person_ids.get(e, []))) if recovered else []
+                                      for e in part_emails})
 
 
 def settle_tokens(batch: SettleBatch) -> int:
@@ -783,8 +812,11 @@ class PassSummary(BaseModel):
     mapped: int = 0
     done: bool = False
     stopped: Stop | None = None
+    #: Persons whose changelog may show an overwritten opt-out (not part of the report).
+    suspects: list[Suspect] = Field(default_factory=list, exclude=True)
 
     def add(self, chunk: PersonChunk) -> None:
+        self.suspects.extend(chunk.suspects)
         self.pages += chunk.pages
         self.persons += chunk.scanned
         self.new += chunk.new
@@ -817,6 +849,15 @@ class DriftSummary(BaseModel):
         )
 
 
+class ChangelogCheck(BaseModel):
+    """Persons whose changelog was read for an overwritten opt-out, and what it found."""
+
+    suspects: int = 0
+    read: int = 0
+    optouts: int = 0
+    left: int = 0
+
+
 class Repairs(BaseModel):
     braked: bool = False
     settle: SettleSummary = Field(default_factory=SettleSummary)
@@ -841,6 +882,7 @@ class ReconcileReport(BaseModel):
     unsubscriptions: int = 0
     unsubscription_pages: int = 0
     drift: DriftSummary = Field(default_factory=DriftSummary)
+    changelog: ChangelogCheck = Field(default_factory=ChangelogCheck)
     repairs: Repairs = Field(default_factory=Repairs)
     budget: Budget
     tokens_spent: int = 0
@@ -863,6 +905,8 @@ def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
         rt.store.set_watermark(WATERMARK_PERSONS, plan.until or plan.pass_started_at)
         if report.status in ("in_sync", "repaired"):  # else re-read the same unsubscriptions next run
             rt.store.set_watermark(WATERMARK_UNSUBSCRIPTIONS, plan.started_at)
+            if plan.changelog_since is not None and report.changelog.left == 0:  # else check them again
+                rt.store.set_watermark(WATERMARK_CHANGELOG, plan.pass_started_at)
     run_id = _run_id() or plan.run_token
     counts = {"mode": report.mode, "status": report.status, "dry_run": report.dry_run,
               "pipedrive_pages": report.pipedrive.pages, "tokens": report.tokens_spent,
@@ -951,6 +995,11 @@ def render(report: ReconcileReport) -> str:
         "|---|---:|---|",
         *[f"| {cls} | {n} | {diff.REPAIR[diff.DriftClass(cls)]} |" for cls, n in d.counts.items()],
     ]
+    c = report.changelog
+    if c.suspects:
+        lines.append(f"\nPipedrive changelog: {c.read} of {c.suspects} person(s) updated since the last run read for an "
+                     f"opt-out overwritten before pmsync saw it; found {c.optouts}"
+                     + (f"; {c.left} left for the next run (PMSYNC_CHANGELOG_READS_PER_RUN)" if c.left else ""))
     if d.unverified:
         lines.append(f"\n{d.unverified} live contact(s) could not be field-checked yet (no fingerprint; the next "
                      "full pass maps them).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
@@ -13,6 +14,7 @@ from ._locks import LockOps
 from ._outbox import OutboxOps
 from ._snapshots import SnapshotOps
 from ._state import StateOps
+from ._types import as_utc
 from .engine import open_engine
 from .models import SchemaVersion, table_of
 
@@ -63,6 +65,12 @@ class Store(InboxOps, LedgerOps, OutboxOps, StateOps, SnapshotOps, LockOps):
     def schema_version(self) -> int:
         with self._read() as conn:
             return int(conn.execute(select(func.max(table_of(SchemaVersion).c.version))).scalar_one())
+
+    def created_at(self) -> datetime | None:
+        """When this store's schema was first created: since then pmsync has been listening."""
+        with self._read() as conn:
+            value = conn.execute(select(func.min(table_of(SchemaVersion).c.applied_at))).scalar_one()
+        return as_utc(value) if value is not None else None
 
     def close(self) -> None:
         self.engine.dispose()

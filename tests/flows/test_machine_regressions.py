@@ -179,6 +179,35 @@ def test_a_status_moved_away_from_unsubscribed_is_still_an_opt_out_when_its_own_
     assert person["marketing_status"] == "unsubscribed"
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
 
+
+@pytest.mark.parametrize("mode", ["incremental", "full"])
+def test_an_opt_out_a_salesperson_overwrote_while_both_webhooks_were_lost_is_recovered_from_the_changelog(
+    rt: Runtime, pipedrive_sim: SimHandle, mode: str
+) -> None:
+    """marketing_status unsubscribed, then subscribed, and neither webhook arrived: only Pipedrive's
+    person changelog still shows the opt-out. The reconcile reads it and the opt-out stands."""
+    pipedrive_sim.sim.configure(campaigns_enabled=True, once_only_rule=False, subscriber_cap=None)
+    account = load_account(rt)
+    ann = pipedrive_sim.sim.ui_create_person(name="Ann", owner_id=1, emails=[{"value": "ann@example.org",
+                                                                              "primary": True}])
+    for n in range(3):  # others, so that one repair is below the brake
+        pipedrive_sim.sim.ui_create_person(name=f"P{n}", owner_id=1, emails=[{"value": f"p{n}@example.org",
+                                                                              "primary": True}])
+    first = reconcile(mode="full")
+    assert first.changelog.optouts == 0
+    pipedrive_sim.sim.set_email_status("ann@example.org", "unsubscribed")
+    pipedrive_sim.sim.set_email_status("ann@example.org", "subscribed")
+
+    report = reconcile(mode=mode)
+
+    assert report.changelog.optouts == 1 and report.changelog.left == 0
+    person = pipedrive_sim.sim.person(ann.id)
+    assert person["marketing_status"] == "unsubscribed"
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+    causes = {row.cause_ref or "" for row in rt.store.ledger_for_email("ann@example.org")}
+    assert any(c.startswith("pipedrive-changelog:") for c in causes), causes
+    assert reconcile(mode=mode).changelog.optouts == 0  # known now: not recovered twice
+
 class _CrashAfter(httpx.BaseTransport):
     """The process dies once the server applied the first request ``matches`` picks."""
 
