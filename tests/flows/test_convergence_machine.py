@@ -438,9 +438,13 @@ class ConvergenceMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, len(BASE_EMAILS) - 1), status=st.sampled_from(["subscribed", "unsubscribed"]))
     def marketing_status_edit(self, i: int, status: str) -> None:
         email = BASE_EMAILS[i]
+        before = self.w.pd.sim.marketing_status(email)
         try:
             self.w.pd.sim.set_email_status(email, status)
         except Exception:  # refused by Pipedrive (the once-only rule): nothing happened
+            return
+        if self.w.pd.sim.marketing_status(email) == before:  # already so: no change, no act, no trace
+            self.w.figures.steps += 1
             return
         if status == "unsubscribed":
             self._act(email, "optout")
