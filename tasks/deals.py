@@ -36,8 +36,9 @@ already in the outbox is skipped before names are looked up (re-runs cost no loo
 Residual duplicate risk (documented, not hidden): (1) Maileon may record a queued event later than
 it answers; an ambiguous failure followed by a read that does not show it yet resends it. (2) More
 than 2,000 newer events of the same type between the failure and the read hide ours the same way.
-(3) A process killed after Maileon answered but before the outbox was updated resends the batch when
-the lease (5 min) expires. (4) A delete seen by webhook and by backfill is matched within ±1 s.
+(3) A process killed after Maileon answered but before the outbox was updated: when its lease (5 min)
+expires, the next sender finds those events still claimed, looks them up like after an ambiguous
+failure and sends only what Maileon did not record – so (1) and (2) apply to them too. (4) A delete seen by webhook and by backfill is matched within ±1 s.
 
 **Consent.** Events go to the primary email of the deal's person. A person Maileon does not know is
 imported at permission 1 (none: no mails) – unless ``PMSYNC_DEAL_EVENTS_UNKNOWN_PERSONS=skip``, or
@@ -69,6 +70,7 @@ from connectors.store import OutboxEvent, OutboxKey
 from pmsync.rules import deals as rules
 from pmsync.rules.mapping import external_id
 from pmsync.rules.status import is_valid_email
+from tasks import artifacts
 from tasks.consent import mask, primary_email
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
@@ -740,7 +742,17 @@ class _Sender:
         else:
             self.fail(row, f"not queued by Maileon: {message}")
 
-    def send(self, rows: Sequence[OutboxEvent], payloads: Sequence[rules.EventPayload]) -> None:
+    def send(self, rows: Sequence[OutboxEvent], payloads: Sequence[rules.EventPayload],
+             orphaned: set[int] | None = None) -> None:  # fmt: skip
+        """``orphaned``: ids of rows a dead sender had claimed – looked up in Maileon first (like an
+        ambiguous failure), and only those it did not record are sent."""
+        rows, payloads = list(rows), list(payloads)
+        suspect = [i for i, row in enumerate(rows) if row.id in (orphaned or set())]
+        if suspect:
+            left = self._resolve_ambiguous(rows, payloads, suspect, RuntimeError("a sender died while sending them"))
+            drop = set(suspect) - set(left or [])
+            rows = [r for i, r in enumerate(rows) if i not in drop]
+            payloads = [p for i, p in enumerate(payloads) if i not in drop]
         items = [p.transaction() for p in payloads]
         for batch in size_batches(items):
             self._send_one([rows[i] for i in batch], [payloads[i] for i in batch], [items[i] for i in batch])
@@ -827,6 +839,7 @@ def recorded_keys(rt: Runtime, type_names: Iterable[str]) -> set[tuple[int, str,
 def send_pending(rt: Runtime, limit: int | None = None) -> SendSummary:
     """Claim ≤ ``limit`` pending outbox events and send them (one request per ≤9 MB)."""
     limit = limit or rt.settings.deal_events_batch_size
+    orphaned = rt.store.outbox_orphaned_ids()  # before the claim, which makes every row look claimed
     rows = rt.store.outbox_claim(limit, lease_seconds=LEASE_SECONDS)
     sender = _Sender(rt)
     sender.summary.claimed = len(rows)
@@ -849,7 +862,7 @@ def send_pending(rt: Runtime, limit: int | None = None) -> SendSummary:
         sendable.append(row)
         payloads.append(payload)
     if sendable:
-        sender.send(sendable, payloads)
+        sender.send(sendable, payloads, orphaned)
     s = sender.summary
     if s.dead or s.retry_later:
         log.warning("deal events: %d sent, %d retried later, %d dead-lettered (%s)", s.sent, s.retry_later,
@@ -926,11 +939,9 @@ class BackfillReport(BaseModel):
 
 def start_progress(window: BackfillWindow, dry_run: bool) -> Any:
     """A progress artifact for the run (None outside a flow run)."""
-    from prefect.artifacts import create_progress_artifact
-
     try:
-        return create_progress_artifact(
-            progress=0.0,
+        return artifacts.progress(
+            0.0,
             key="backfill-deal-events-progress",
             description=f"Deal events backfill {window.since:%Y-%m-%d} → {window.until:%Y-%m-%d}"
             + (" (dry run)" if dry_run else ""),
@@ -940,12 +951,10 @@ def start_progress(window: BackfillWindow, dry_run: bool) -> Any:
 
 
 def update_progress(artifact_id: Any, percent: float) -> None:
-    from prefect.artifacts import update_progress_artifact
-
     if artifact_id is None:
         return
     try:
-        update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, max(0.0, percent)))
+        artifacts.update_progress(artifact_id, min(100.0, max(0.0, percent)))
     except Exception as exc:
         log.debug("progress artifact not updated: %s", exc)
 
@@ -957,12 +966,11 @@ def finish_progress(artifact_id: Any, complete: bool) -> None:
 
 def publish_backfill(report: BackfillReport) -> None:
     """The summary table artifact, and a run summary in the store (``pmsync audit``'s history)."""
-    from prefect.artifacts import create_table_artifact
     from prefect.runtime import flow_run
 
     try:
-        create_table_artifact(
-            table=report.rows(),
+        artifacts.table(
+            report.rows(),
             key="backfill-deal-events-summary",
             description="Deal events backfill" + (" (dry run: nothing written)" if report.dry_run else ""),
         )

@@ -67,6 +67,16 @@ class OutboxOps(StoreBase):
                 added += len(conn.execute(stmt, batch).all())
         return added
 
+    def outbox_orphaned_ids(self) -> set[int]:
+        """Pending events a sender claimed and never settled (it died; its lease ran out): whether
+        Maileon got them is unknown, so they must be looked up before they are sent again."""
+        now = utcnow()
+        stmt = select(_OUTBOX.c.id).where(
+            _OUTBOX.c.status == _PENDING, _OUTBOX.c.claimed_by.is_not(None), _OUTBOX.c.lease_until < now
+        )
+        with self._read() as conn:
+            return {int(row.id) for row in conn.execute(stmt)}
+
     def outbox_pending(self, limit: int = 100) -> list[OutboxEvent]:
         """Pending events not leased by a sender right now, oldest first (read-only)."""
         now = utcnow()

@@ -250,6 +250,33 @@ def test_an_ambiguous_send_failure_is_resolved_by_reading_what_maileon_recorded_
     assert rt.store.outbox_counts() == {"pending": 0, "sent": 6, "dead": 0}
 
 
+@pytest.mark.parametrize("landed", [True, False])
+def test_events_a_sender_died_sending_are_looked_up_in_maileon_when_its_lease_runs_out_never_blindly_resent(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle, landed: bool
+) -> None:
+    """The process died after Maileon answered, before the outbox recorded it (the convergence
+    machine's crash after a request was applied): resending would record the events twice."""
+    from tests.flows.engine_free import expire_leases
+
+    ann = ui_person(pipedrive_sim, "Ann Example", "ann@example.org")
+    ids = [ui_deal(pipedrive_sim, f"Deal {n}", person_id=ann, value=100 * n) for n in range(1, 3)]
+    changes = [c for i in ids if (d := rt.pipedrive.get_deal(i))
+               for c in rules.changes_from_deal(rules.DealSnapshot.model_validate(d.model_dump()), LONG_AGO)]
+    tasks.enqueue_changes(rt, changes)
+    tasks.ensure_deal_event_types.fn()
+    claimed = rt.store.outbox_claim(10, lease_seconds=300)  # the sender that dies
+    if landed:
+        rt.maileon.send_transactions([rules.EventPayload.model_validate(r.payload).transaction() for r in claimed],
+                                     ignore_invalid_transactions=True)
+    expire_leases(rt.store)  # five minutes later
+
+    sent = drain(rt)
+
+    assert sent.sent == len(changes) and sent.found_recorded == (len(changes) if landed else 0)
+    assert sorted(event_keys(maileon_events(maileon_sim)).values()) == [1] * len(changes)
+    assert rt.store.outbox_counts() == {"pending": 0, "sent": len(changes), "dead": 0}
+
+
 # --------------------------------------------------------------------------------- consent and skips
 
 
