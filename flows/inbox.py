@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from connectors.errors import BudgetExhausted
 from flows.deals import drain_outbox
+from tasks import artifacts
 from tasks.account import Account
 from tasks.consent import SettleSummary, settle_batch
 from tasks.deals import EnqueueSummary, SendSummary, enqueue_deal_webhooks
@@ -185,5 +185,5 @@ def _publish(report: DrainReport) -> None:
         f"| still pending | {report.pending_after} |",
     ]
     with contextlib.suppress(Exception):  # outside a flow run there is nowhere to publish
-        create_markdown_artifact(markdown="\n".join(lines), key="webhook-inbox-summary",
-                                 description="What the drain did with stored webhooks")
+        artifacts.markdown("\n".join(lines), key="webhook-inbox-summary",
+                           description="What the drain did with stored webhooks")

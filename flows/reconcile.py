@@ -15,12 +15,12 @@ from uuid import UUID
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from connectors.errors import BudgetExhausted
 from pmsync.rules.diff import Drift, brake
+from tasks import artifacts
 from tasks.changelog import Recovered, recover_overwritten_optouts
 from tasks.consent import settle_batch
 from tasks.reconcile import (
@@ -91,7 +91,7 @@ def _read_pipedrive(plan: Plan) -> tuple[pd.DataFrame, PassSummary]:
     this run did not read (unchanged ones, or a resumed pass's first part) from the snapshot."""
     summary, frames, gone = PassSummary(), [], []
     cursor, last_id, first = plan.cursor, plan.last_id, True
-    progress = cast(UUID, create_progress_artifact(0.0, description="Pipedrive person pages read (of the forecast)"))
+    progress = cast(UUID, artifacts.progress(0.0, description="Pipedrive person pages read (of the forecast)"))
     while True:
         chunk = read_person_pages(plan, cursor, last_id, first)
         summary.add(chunk)
@@ -99,8 +99,8 @@ def _read_pipedrive(plan: Plan) -> tuple[pd.DataFrame, PassSummary]:
         gone += chunk.gone
         cursor, last_id, first = chunk.cursor, chunk.last_id, False
         plan = checkpoint_progress(plan, chunk)
-        update_progress_artifact(progress, 100.0 if chunk.done else
-                                 min(99.0, 100.0 * summary.pages / max(plan.budget.forecast_pages, 1)))
+        artifacts.update_progress(progress, 100.0 if chunk.done else
+                                  min(99.0, 100.0 * summary.pages / max(plan.budget.forecast_pages, 1)))
         if chunk.done or chunk.stopped:
             break
     if not summary.done:

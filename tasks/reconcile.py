@@ -41,6 +41,7 @@ from connectors.store import SnapshotRow
 from pmsync.rules import diff
 from pmsync.rules.mapping import map_person, parse_external_id
 from pmsync.rules.status import MarketingStatus, normalize_email
+from tasks import artifacts
 from tasks.account import Account, load_account, maileon_custom_field_types
 from tasks.changelog import Recovered, Suspect
 from tasks.consent import AnySignal, MaileonSignal, SettleSummary, mask, primary_email
@@ -894,8 +895,6 @@ class ReconcileReport(BaseModel):
 @task(cache_policy=NO_CACHE)
 def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
     """Watermarks (a completed pass, not a dry run), the run record, the drift report artifact."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     rt = get_runtime()
     report.finished_at = datetime.now(UTC)
     report.tokens_spent = plan.budget.spent(rt)
@@ -915,9 +914,9 @@ def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
                         finished_at=report.finished_at)
     (log.warning if report.status in ("braked", "paused") else log.info)("reconcile: %s", _headline(report))
     try:
-        create_markdown_artifact(markdown=report.markdown, key="reconcile-drift-report",
+        artifacts.markdown(report.markdown, key="reconcile-drift-report",
                                  description="Drift between Pipedrive and Maileon")
-        create_table_artifact(table=[{"class": k, "count": v} for k, v in report.drift.counts.items()],
+        artifacts.table([{"class": k, "count": v} for k, v in report.drift.counts.items()],
                               key="reconcile-drift-counts", description="Drift per class")
     except Exception:  # outside a flow run there is nowhere to publish
         pass

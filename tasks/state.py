@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks import artifacts
 from tasks.account import Account, load_account
 from tasks.consent import Candidates, SettleSummary
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
@@ -67,8 +67,8 @@ def publish(story: str, summary: SettleSummary, *, dry_run: bool, scanned: int) 
         f"| ledger rows written | {summary.ledger_rows} |",
     ]
     try:
-        create_markdown_artifact(markdown="\n".join(lines), key=f"{key}-summary", description=f"{story} summary")
+        artifacts.markdown("\n".join(lines), key=f"{key}-summary", description=f"{story} summary")
         if summary.changes:
-            create_table_artifact(table=summary.changes, key=f"{key}-changes", description=f"{story}: changes")
+            artifacts.table(summary.changes, key=f"{key}-changes", description=f"{story}: changes")
     except Exception:  # outside a flow run (e.g. plain function tests) there is nowhere to publish
         pass

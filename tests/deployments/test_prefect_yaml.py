@@ -26,15 +26,21 @@ def spec(entrypoint: str, name: str | None = None) -> dict[str, Any]:
     return next(s for s in SPECS if s["entrypoint"] == entrypoint and (name is None or s["name"] == name))
 
 
-def project_flows() -> dict[str, Flow[Any, Any]]:
-    """entrypoint → flow, for every flow object defined in flows/*.py."""
+def sync_flows() -> dict[str, Flow[Any, Any]]:
+    """name in flows/deployed.py → sync flow, for every flow object defined in flows/*.py."""
     found: dict[str, Flow[Any, Any]] = {}
     for path in sorted((PROJECT_ROOT / "flows").glob("*.py")):
         module = importlib.import_module(f"flows.{path.stem}")
         for attr, value in vars(module).items():
-            if isinstance(value, Flow) and value.fn.__module__ == module.__name__:
-                found[f"flows/{path.name}:{attr}"] = value
+            if isinstance(value, Flow) and value.fn.__module__ == module.__name__ and path.stem != "deployed":
+                found[attr] = value
     return found
+
+
+def project_flows() -> dict[str, Flow[Any, Any]]:
+    """entrypoint → the flow a deployment runs: the async twin of each sync flow (flows/deployed.py)."""
+    deployed = importlib.import_module("flows.deployed")
+    return {f"flows/deployed.py:{attr}": getattr(deployed, attr, None) for attr in sync_flows()}
 
 
 def test_every_flow_has_a_deployment() -> None:
@@ -44,6 +50,17 @@ def test_every_flow_has_a_deployment() -> None:
     assert entrypoints <= set(project_flows())  # and no deployment of a flow that does not exist
 
 
+def test_deployments_run_async_twins_of_the_flows_with_the_same_name_parameters_and_runner() -> None:
+    """Prefect 3.8.8's sync engine ends every run up to a second late (its heartbeat thread's join)."""
+    for attr, flow in sync_flows().items():
+        twin = project_flows()[f"flows/deployed.py:{attr}"]
+        assert twin is not None, f"flows/deployed.py has no twin of {attr}"
+        assert twin.isasync and not flow.isasync
+        assert twin.name == flow.name and twin.description == flow.description
+        assert twin.parameters.model_dump() == flow.parameters.model_dump()
+        assert type(twin.task_runner) is type(flow.task_runner)
+
+
 def test_deployment_names_are_unique_per_flow() -> None:
     flows = project_flows()
     names = [f"{flows[s['entrypoint']].name}/{s['name']}" for s in SPECS]
@@ -51,33 +68,33 @@ def test_deployment_names_are_unique_per_flow() -> None:
 
 
 @pytest.mark.parametrize("entrypoint, name, schedule", [
-    ("flows/reconcile.py:reconcile", "incremental", {"interval": 900}),
-    ("flows/reconcile.py:reconcile", "nightly-full", {"cron": "0 2 * * *", "timezone": "UTC"}),
-    ("flows/consent.py:unsubscribes_to_pipedrive", "every-5-minutes", {"interval": 300}),
-    ("flows/consent.py:doi_confirmations_to_pipedrive", "every-10-minutes", {"interval": 600}),
+    ("flows/deployed.py:reconcile", "incremental", {"interval": 900}),
+    ("flows/deployed.py:reconcile", "nightly-full", {"cron": "0 2 * * *", "timezone": "UTC"}),
+    ("flows/deployed.py:unsubscribes_to_pipedrive", "every-5-minutes", {"interval": 300}),
+    ("flows/deployed.py:doi_confirmations_to_pipedrive", "every-10-minutes", {"interval": 600}),
 ])
 def test_the_schedules_of_issue_6(entrypoint: str, name: str, schedule: dict[str, Any]) -> None:
     assert spec(entrypoint, name)["schedules"] == [schedule]
 
 
 def test_the_reconcile_deployments_pass_their_mode() -> None:
-    assert spec("flows/reconcile.py:reconcile", "incremental")["parameters"] == {"mode": "incremental"}
-    assert spec("flows/reconcile.py:reconcile", "nightly-full")["parameters"] == {"mode": "full"}
+    assert spec("flows/deployed.py:reconcile", "incremental")["parameters"] == {"mode": "incremental"}
+    assert spec("flows/deployed.py:reconcile", "nightly-full")["parameters"] == {"mode": "full"}
 
 
 def test_scheduled_syncs_cancel_a_new_run_while_one_is_running_and_the_drain_queues_it() -> None:
     for s in SPECS:
-        if s.get("schedules") and s["entrypoint"] != "flows/inbox.py:drain_inbox":
+        if s.get("schedules") and s["entrypoint"] != "flows/deployed.py:drain_inbox":
             assert s["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}, s["name"]
     # A drain triggered while one runs must still run: deliveries may have arrived at its very end.
-    assert spec("flows/inbox.py:drain_inbox")["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert spec("flows/deployed.py:drain_inbox")["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
 
 
 def test_the_webhook_trigger_is_debounced_and_matches_every_event_the_receiver_emits() -> None:
     from prefect.events import DeploymentEventTrigger
     from prefect.server.events.schemas.events import matches
 
-    drain = spec("flows/inbox.py:drain_inbox")
+    drain = spec("flows/deployed.py:drain_inbox")
     (raw,) = drain["triggers"]
     trigger = DeploymentEventTrigger(**raw)
     assert trigger.posture == "Reactive" and trigger.threshold == 1
@@ -106,7 +123,7 @@ def test_no_trigger_parameter_is_a_lone_template_expression() -> None:
 
 def test_my_flows_offer_typed_described_parameters_for_the_custom_run_form() -> None:
     flows = project_flows()
-    for entrypoint in ("flows/inbox.py:drain_inbox", "flows/webhook_health.py:webhook_health", "flows/setup.py:setup"):
+    for entrypoint in ("flows/deployed.py:drain_inbox", "flows/deployed.py:webhook_health", "flows/deployed.py:setup"):
         schema = flows[entrypoint].parameters.model_dump()
         for name, prop in schema["properties"].items():
             assert prop.get("description"), f"{entrypoint}: {name} has no description"
