@@ -423,6 +423,8 @@ def _expect(step: Callable[[str], None], what: str, check: Callable[[], bool], t
 
 
 def _summary(stack: DemoStack, email: str | None) -> None:
+    from connectors.store import without_settled_attempts
+
     store = stack.runtime.store
     wait_for(lambda: store.inbox_pending_count() == 0, timeout=15)
     print()
@@ -441,7 +443,7 @@ def _summary(stack: DemoStack, email: str | None) -> None:
     if email:
         print()
         print(f"Consent history of one person ({email}), as `pmsync audit` shows it:")
-        for r in store.ledger_for_email(email):
+        for r in without_settled_attempts(store.ledger_for_email(email)):
             print(f"  {r.at:%H:%M:%S} {r.system:<9} {r.field:<16} {r.old_value or '-'!s:>14} → "
                   f"{r.new_value or '-'!s:<14} {r.outcome:<15} {r.cause_kind}:{(r.cause_ref or '')[:24]}")
     print()

@@ -195,7 +195,7 @@ def intake(
 
 
 @app.command
-def audit(email: str, /, *, json: bool = False) -> int:
+def audit(email: str, /, *, json: bool = False, all_rows: bool = False) -> int:
     """Print one email's consent history from the ledger (oldest first).
 
     Parameters
@@ -203,15 +203,20 @@ def audit(email: str, /, *, json: bool = False) -> int:
     email
         The email address to look up.
     json
-        Print JSON lines instead of a table.
+        Print JSON lines (every row) instead of a table.
+    all_rows
+        Also show the ``attempted`` rows written ahead of writes whose outcome is recorded (the table
+        shows an ``attempted`` row only when a crash cut its write off).
     """
     import json as jsonlib
 
-    from connectors.store import Store
+    from connectors.store import Store, without_settled_attempts
     from pmsync.rules.status import normalize_email
 
     store = Store.from_settings()
     rows = store.ledger_for_email(normalize_email(email))
+    if not json and not all_rows:
+        rows = without_settled_attempts(rows)
     if json:
         for row in rows:
             print(jsonlib.dumps(row.model_dump(mode="json"), sort_keys=True))

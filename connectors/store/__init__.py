@@ -26,6 +26,7 @@ schema_version     version                                      migrations
 """
 
 from ._inbox import InboxDelivery
+from ._ledger import without_settled_attempts
 from ._locks import LockTimeout
 from .engine import StoreError, normalize_url
 from .models import (
@@ -78,4 +79,5 @@ __all__ = [
     "System",
     "Watermark",
     "normalize_url",
+    "without_settled_attempts",
 ]

@@ -132,6 +132,18 @@ def _normalize(
     return row
 
 
+def without_settled_attempts(rows: Iterable[ConsentLedgerEntry]) -> list[ConsentLedgerEntry]:
+    """The rows a person reads: an ``attempted`` row (written ahead of its API write) is left out once
+    the same run recorded how that write went; one left alone marks a write a crash cut off."""
+    rows = list(rows)
+
+    def write(row: ConsentLedgerEntry) -> tuple[Any, ...]:
+        return (row.system, row.field, row.old_value, row.new_value, row.cause_ref, row.flow_run_id)
+
+    settled = {write(r) for r in rows if r.outcome != Outcome.ATTEMPTED.value}
+    return [r for r in rows if r.outcome != Outcome.ATTEMPTED.value or write(r) not in settled]
+
+
 class LedgerOps(StoreBase):
     def ledger_append(
         self,

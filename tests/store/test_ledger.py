@@ -162,3 +162,17 @@ def test_ledger_iter_pages_through_all_entries_in_insertion_order(store: Store) 
     assert refs == [f"r{i}" for i in range(25)]
     assert len(list(store.ledger_iter(since=T0 + timedelta(seconds=20)))) == 5
     assert len(list(store.ledger_iter(until=T0 + timedelta(seconds=2), flow_run_id="run-1"))) == 2
+
+
+def test_audit_hides_a_write_ahead_row_once_its_outcome_is_recorded_and_keeps_one_a_crash_cut_off(
+    store: Store,
+) -> None:
+    from connectors.store import without_settled_attempts
+
+    store.ledger_append([
+        entry(outcome="attempted", cause_ref="run-a", new_value="unsubscribed"),
+        entry(outcome="applied", cause_ref="run-a", new_value="unsubscribed"),
+        entry(outcome="attempted", cause_ref="run-b", new_value="subscribed"),  # the process died here
+    ])
+    shown = without_settled_attempts(store.ledger_for_email("ann@example.com"))
+    assert [(r.cause_ref, r.outcome) for r in shown] == [("run-a", "applied"), ("run-b", "attempted")]
