@@ -819,3 +819,40 @@ def test_random_histories_under_faults_and_crashes_converge_through_the_prefect_
     world: World, prefect_api: None,
 ) -> None:
     _run(ENGINE_EXAMPLES, max(4, STEPS // 2))
+
+
+def test_a_restored_example_set_up_is_one_the_setup_flow_finds_complete(world: World, tmp_path: Path) -> None:
+    """The machine restores the simulators' state after an example's set-up instead of redoing it
+    (`SimCopy`): on a restored world, `setup` must find nothing to create, and the account pmsync
+    reads must be the one a fresh set-up gave."""
+    w = world
+
+    def reset(campaigns: bool) -> None:  # as `ConvergenceMachine.start` does before set-up or restore
+        for handle in (w.pd, w.ml):
+            handle.sim.reset()
+        w.pd.sim.configure(campaigns_enabled=campaigns, subscriber_cap=None, once_only_rule=True,
+                           burst_limit=10_000, search_burst_limit=10_000)
+
+    for campaigns in (False, True):
+        reset(campaigns)
+
+        def set_up(db: str) -> Account:
+            rt = Runtime.from_settings(settings_for(w, tmp_path / db, 5.0))
+            try:
+                with use_runtime(rt), without_engine():
+                    setup(webhook_url=w.receiver_url)
+                    return load_account(rt)
+            finally:
+                rt.close()
+
+        fresh = set_up(f"fresh-{campaigns}.db")
+        taken = SimCopy.take(w)
+        assert taken is not None
+        reset(campaigns)
+        SimCopy.put_back(w, Prepared(*taken, cache={}, account=fresh))
+        seen = [len(h.sim.state.requests) for h in (w.pd, w.ml)]
+        again = set_up(f"restored-{campaigns}.db")
+        writes = [f"{e['method']} {e['path']}" for h, n in zip((w.pd, w.ml), seen, strict=True)
+                  for e in h.sim.state.requests[n:] if e["method"] != "GET"]
+        assert writes == [], f"setup found the restored world incomplete: {writes}"
+        assert again == fresh
