@@ -79,7 +79,8 @@ def reconcile(mode: Mode = "incremental", dry_run: bool = False, repair_threshol
     status = _status(plan, drift, repairs, recovered)
     report = _report(plan, status, pd_pass, contacts, unsubscriptions, drift, repairs)
     report.changelog = ChangelogCheck(suspects=len(pd_pass.suspects), read=recovered.read,
-                                      optouts=len(recovered.signals), left=recovered.left)
+                                      optouts=len(recovered.signals), left=recovered.left,
+                                      read_until=recovered.read_until)
     return finish_run(report, plan)
 
 

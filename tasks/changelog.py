@@ -6,7 +6,8 @@ If the first webhook was lost, neither system's current state shows the opt-out 
 Campaigns on, updated since pmsync last looked, status now not ``unsubscribed`` and not
 ``unsubscribed`` in pmsync's snapshot either (an opt-out pmsync saw is already in its consent state).
 Each read costs 20 tokens per page, so a run reads at most ``PMSYNC_CHANGELOG_READS_PER_RUN``
-persons, most recently updated first, and reports the ones it left.
+persons, least recently updated first, and reports the ones it left: the next run starts after the
+last person read, so every suspect is read once, however many there are.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -32,6 +34,27 @@ log = logging.getLogger("pmsync.changelog")
 _TIME_RESOLUTION = timedelta(seconds=1)
 
 
+class Resume(NamedTuple):
+    """Where a reconcile's changelog check starts: persons updated at or after ``since``, or – going on
+    after a capped run – after the person (``update_time``, ``person_id``) it read last."""
+
+    since: datetime
+    after_id: int = 0
+
+    def includes(self, person_id: int, update_time: datetime) -> bool:
+        if self.after_id:
+            return (update_time, person_id) > (self.since, self.after_id)
+        return update_time >= self.since - _TIME_RESOLUTION
+
+    def text(self) -> str:
+        return f"{self.since.isoformat()}|{self.after_id}" if self.after_id else self.since.isoformat()
+
+    @classmethod
+    def parse(cls, text: str) -> Resume:
+        when, _, after = text.partition("|")
+        return cls(datetime.fromisoformat(when), int(after or 0))
+
+
 class Suspect(BaseModel):
     """A person whose status could hide an overwritten opt-out (see the module docstring)."""
 
@@ -48,6 +71,8 @@ class Recovered(BaseModel):
     read: int = 0
     #: Suspects not read this run (the per-run cap, or the daily budget ran out).
     left: int = 0
+    #: With ``left``: the last suspect read, as (update_time, person id) – where the next run goes on.
+    read_until: tuple[datetime, int] | None = None
 
 
 def overwritten_optout(entries: Iterable[ChangelogEntry], since: datetime,
@@ -78,11 +103,11 @@ def _status(value: str | None) -> MarketingStatus | None:
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
 def recover_overwritten_optouts(suspects: list[Suspect], since: datetime, api_user_id: int) -> Recovered:
-    """Read the changelog of up to ``PMSYNC_CHANGELOG_READS_PER_RUN`` suspects (most recently updated
+    """Read the changelog of up to ``PMSYNC_CHANGELOG_READS_PER_RUN`` suspects (least recently updated
     first) → an opt-out signal for each email whose person's status was moved away from unsubscribed."""
     rt = get_runtime()
     cap = rt.settings.changelog_reads_per_run
-    ordered = sorted(suspects, key=lambda s: s.update_time, reverse=True)
+    ordered = sorted(suspects, key=lambda s: (s.update_time, s.person_id))
     out = Recovered(left=max(0, len(ordered) - cap))
     for suspect in ordered[:cap]:
         try:
@@ -92,6 +117,7 @@ def recover_overwritten_optouts(suspects: list[Suspect], since: datetime, api_us
             log.warning("changelog: Pipedrive's daily budget ran out; %d person(s) left for the next run", out.left)
             break
         out.read += 1
+        out.read_until = (suspect.update_time, suspect.person_id)
         if entry is None:
             continue
         signal = PipedriveSignal(
@@ -104,5 +130,5 @@ def recover_overwritten_optouts(suspects: list[Suspect], since: datetime, api_us
         out.person_ids.setdefault(suspect.email, []).append(suspect.person_id)
     if out.left:
         log.warning("changelog: %d person(s) updated since the last run were not checked for an overwritten "
-                    "opt-out (PMSYNC_CHANGELOG_READS_PER_RUN=%d); the next run checks them", out.left, cap)
+                    "opt-out yet (PMSYNC_CHANGELOG_READS_PER_RUN=%d); the next run goes on from there", out.left, cap)
     return out

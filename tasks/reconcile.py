@@ -43,7 +43,7 @@ from pmsync.rules.mapping import map_person, parse_external_id
 from pmsync.rules.status import MarketingStatus, normalize_email
 from tasks import artifacts
 from tasks.account import Account, load_account, maileon_custom_field_types
-from tasks.changelog import Recovered, Suspect
+from tasks.changelog import Recovered, Resume, Suspect
 from tasks.consent import AnySignal, MaileonSignal, SettleSummary, mask, primary_email
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
@@ -129,6 +129,8 @@ class Plan(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     #: Read the changelog of persons updated since this (None: Campaigns off, or reads disabled).
     changelog_since: datetime | None = None
+    #: Going on after a capped run: the last person it read had ``update_time == changelog_since``.
+    changelog_after_id: int = 0
 
 
 @task(retries=3, retry_delay_seconds=TASK_RETRY_DELAYS, retry_condition_fn=transient_only, cache_policy=NO_CACHE)
@@ -185,8 +187,13 @@ def begin_run(mode: Mode, dry_run: bool, repair_threshold: float | None) -> Plan
     else:
         plan.unsubscriptions_since = unsub_mark - overlap if unsub_mark else None
     if account.campaigns_enabled and settings.changelog_reads_per_run > 0:
-        mark = rt.store.get_watermark_time(WATERMARK_CHANGELOG) or rt.store.created_at()
-        plan.changelog_since = mark - overlap if mark else None
+        saved = rt.store.get_watermark(WATERMARK_CHANGELOG)
+        resume = Resume.parse(saved) if saved else None
+        if resume is not None and resume.after_id:  # a capped run's exact resume point
+            plan.changelog_since, plan.changelog_after_id = resume.since, resume.after_id
+        else:
+            mark = resume.since if resume else rt.store.created_at()
+            plan.changelog_since = mark - overlap if mark else None
     plan.budget = _forecast(rt, plan, base)
     plan.budget.pipedrive_calls_base, plan.budget.maileon_calls_base = calls
     log.info(
@@ -431,7 +438,7 @@ class _PageReader:
         unsubscribed = MarketingStatus.UNSUBSCRIBED.value
         return (since is not None and email is not None and status is not None and status != unsubscribed
                 and (old is None or old[2] != unsubscribed) and person.update_time is not None
-                and person.update_time >= since - timedelta(seconds=1))
+                and Resume(since, self.plan.changelog_after_id).includes(person.id, person.update_time))
 
     def _newsletter(self, person: Person) -> str | None:
         raw = person.custom_fields.get(self.plan.account.newsletter.key)
@@ -857,6 +864,7 @@ class ChangelogCheck(BaseModel):
     read: int = 0
     optouts: int = 0
     left: int = 0
+    read_until: tuple[datetime, int] | None = None
 
 
 class Repairs(BaseModel):
@@ -904,8 +912,12 @@ def finish_run(report: ReconcileReport, plan: Plan) -> ReconcileReport:
         rt.store.set_watermark(WATERMARK_PERSONS, plan.until or plan.pass_started_at)
         if report.status in ("in_sync", "repaired"):  # else re-read the same unsubscriptions next run
             rt.store.set_watermark(WATERMARK_UNSUBSCRIPTIONS, plan.started_at)
-            if plan.changelog_since is not None and report.changelog.left == 0:  # else check them again
-                rt.store.set_watermark(WATERMARK_CHANGELOG, plan.pass_started_at)
+            c = report.changelog
+            if plan.changelog_since is not None and c.left == 0:
+                rt.store.set_watermark(WATERMARK_CHANGELOG, Resume(plan.pass_started_at).text())
+            elif plan.changelog_since is not None and c.read_until is not None:
+                # over the cap: the next run goes on right after the last person read
+                rt.store.set_watermark(WATERMARK_CHANGELOG, Resume(*c.read_until).text())
     run_id = _run_id() or plan.run_token
     counts = {"mode": report.mode, "status": report.status, "dry_run": report.dry_run,
               "pipedrive_pages": report.pipedrive.pages, "tokens": report.tokens_spent,

@@ -10,7 +10,7 @@ import pytest
 
 from connectors.pipedrive_models import ChangelogEntry
 from flows.reconcile import reconcile
-from tasks.changelog import overwritten_optout
+from tasks.changelog import Resume, overwritten_optout
 from tasks.reconcile import WATERMARK_CHANGELOG
 from tasks.runtime import Runtime, use_runtime
 from tests.conftest import SimHandle
@@ -62,6 +62,17 @@ def test_pmsyncs_own_api_writes_never_count_but_another_integrations_do() -> Non
     assert overwritten_optout(own, T0, api_user_id=7) is not None
 
 
+def test_a_capped_run_resumes_after_the_person_it_read_last_even_within_one_second() -> None:
+    """A bulk edit gives hundreds of persons the same update_time: the (time, id) resume point moves
+    through them; a time alone would read the same first ones again and again."""
+    resume = Resume(T0, after_id=7)
+    assert not resume.includes(7, T0) and not resume.includes(3, T0)
+    assert resume.includes(8, T0) and resume.includes(1, T0 + timedelta(seconds=1))
+    assert Resume.parse(resume.text()) == resume
+    fresh = Resume(T0)  # after a complete run: everything updated since (within Pipedrive's second)
+    assert fresh.includes(1, T0 - timedelta(milliseconds=500)) and not fresh.includes(1, T0 - timedelta(seconds=2))
+
+
 @pytest.fixture
 def rt(pipedrive_sim: SimHandle, maileon_sim: SimHandle, tmp_path: Path) -> Iterator[Runtime]:
     pipedrive_sim.sim.configure(campaigns_enabled=True, once_only_rule=False, subscriber_cap=None)
@@ -82,7 +93,8 @@ def test_suspects_over_the_per_run_cap_are_reported_and_checked_again_by_the_nex
     first = reconcile(mode="full")
     assert (first.changelog.suspects, first.changelog.read, first.changelog.left) == (3, 1, 2)
     assert "2 left for the next run" in first.markdown
-    assert rt.store.get_watermark(WATERMARK_CHANGELOG) is None  # not advanced past unchecked persons
+    # the next run goes on right after the person read last (not past the ones left)
+    assert Resume.parse(rt.store.get_watermark(WATERMARK_CHANGELOG) or "").after_id == ids[0]
     for email in ("p0@example.org", "p1@example.org"):
         pipedrive_sim.sim.set_email_status(email, "unsubscribed")
         pipedrive_sim.sim.set_email_status(email, "subscribed")
