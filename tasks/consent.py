@@ -28,7 +28,14 @@ from pmsync.rules import consent as rules
 from pmsync.rules.mapping import fingerprint, map_person
 from pmsync.rules.newsletter import Newsletter
 from pmsync.rules.status import MarketingStatus, is_valid_email, normalize_email
-from pmsync.rules.views import LastState, MaileonView, Permission, PersonView, PipedriveView
+from pmsync.rules.views import (
+    CONFIRMED_PERMISSIONS,
+    LastState,
+    MaileonView,
+    Permission,
+    PersonView,
+    PipedriveView,
+)
 from tasks.account import Account, ensure_maileon_custom_fields
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
@@ -272,6 +279,7 @@ class Settler:
     def __init__(self, rt: Runtime, account: Account, *, dry_run: bool, cause_kind: str) -> None:
         self.rt, self.account, self.dry_run, self.cause_kind = rt, account, dry_run, cause_kind
         self.contacts: dict[str, Contact | None] | None = None  # listed by the caller (reconcile)
+        self.interrupted: dict[str, LastState] = {}  # DOI starts a dead run wrote ahead (see settle)
         self.summary = SettleSummary()
         self.flow_run_id = _flow_run_id()
         self.now = datetime.now(UTC)
@@ -362,6 +370,9 @@ class Settler:
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
         lasts = self.rt.store.consent_last_states(emails)
+        # DOI starts written ahead: a run that died before saving its state left it only there
+        self.interrupted = {e: LastState.model_validate(v)
+                            for e, v in self.rt.store.ledger_doi_starts(emails).items()}
         new_states: dict[str, LastState] = {}
         for email in emails:
             self.summary.emails += 1
@@ -430,6 +441,9 @@ class Settler:
         pd = PipedriveView(email=email, persons=tuple(views), campaigns_enabled=self.account.campaigns_enabled,
                            fetched_at=self.now)
         ml = self._maileon_view(email, signal, last)
+        if email in self.interrupted:
+            last = rules.recover_interrupted_doi_start(
+                last, self.interrupted[email], ml.permission in {Permission.NONE, *CONFIRMED_PERMISSIONS})
         sig: rules.Signal | None = None
         if isinstance(signal, IntakeSignal):
             sig = rules.Intake(at=signal.at, cause=signal.cause, consent=signal.consent,
@@ -447,7 +461,8 @@ class Settler:
         if decision.writes and not self.dry_run:
             # Write-ahead: a crash between an API write and the rows below must not leave a consent
             # change without a trace in the ledger.
-            self._record_ledger([e for e in ledger if e.event == "planned"], applied=True, attempt=True)
+            self._record_ledger([e for e in ledger if e.event == "planned"], applied=True, attempt=True,
+                                doi_state=_state_if_doi_started(decision))
         new_last = decision.last
         ledger_readbacks: list[rules.LedgerEntry] = []
         for action in decision.actions:
@@ -521,11 +536,13 @@ class Settler:
             self.rt.store.record_outbound(writes)
         return readback
 
-    def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool, attempt: bool = False) -> None:
+    def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool, attempt: bool = False,
+                       doi_state: dict[str, Any] | None = None) -> None:
         """Append the decision's entries once all its writes succeeded (dry runs record nothing).
 
         The rules' ``planned`` becomes ``applied`` here, because only applied decisions get this far
-        (``attempted`` with ``attempt``: the write-ahead rows committed before the first write);
+        (``attempted`` with ``attempt``: the write-ahead rows committed before the first write; the DOI
+        start's carries ``doi_state``, what to remember if the run dies after it);
         a read-back row records what Pipedrive kept (``new``) with the outcome (applied, refused,
         pending_upgrade) and the requested value in ``detail``.
         """
@@ -542,7 +559,8 @@ class Settler:
                 "field": e.field, "old_value": None if e.event == "readback" else e.old, "new_value": e.new,
                 "cause_kind": kind, "cause_ref": cause[:255], "flow_run_id": self.flow_run_id,
                 "outcome": outcome if outcome in _OUTCOMES else "refused",
-                "detail": {"event": e.event, "note": e.note, **({"requested": e.old} if e.event == "readback" else {})},
+                "detail": {"event": e.event, "note": e.note, **({"requested": e.old} if e.event == "readback" else {}),
+                           **({"state_if_applied": doi_state} if doi_state and _is_doi_start(e) else {})},
             })
         self.summary.ledger_rows += self.rt.store.ledger_append(rows)
 
@@ -553,6 +571,18 @@ class PartialFailure(Exception):
     def __init__(self, last: LastState, error: Exception) -> None:
         super().__init__(str(error))
         self.last, self.error = last, error
+
+
+def _state_if_doi_started(decision: rules.Decision) -> dict[str, Any] | None:
+    """What to remember had the decision's writes up to its DOI start gone through (None: no DOI)."""
+    for i, action in enumerate(decision.actions):
+        if isinstance(action, rules.CreateMaileonContactWithDOI):
+            return decision.last_after_partial(i + 1).model_dump(mode="json")
+    return None
+
+
+def _is_doi_start(entry: rules.LedgerEntry) -> bool:
+    return entry.system == "maileon" and entry.field == "permission" and (entry.new or "").startswith("1 (doi")
 
 
 def _ledger_for_applied(email: str, actions: Sequence[Any], at: datetime) -> list[rules.LedgerEntry]:

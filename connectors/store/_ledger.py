@@ -171,6 +171,26 @@ class LedgerOps(StoreBase):
                 added += len(conn.execute(stmt, batch).all())
         return added
 
+    def ledger_doi_starts(self, emails: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Per email, the newest DOI start written ahead into the ledger, with the state its decision
+        meant to keep had the run died right after it (``detail["state_if_applied"]``), as stored.
+        A run that dies before it saves its state leaves that state only here."""
+        wanted = sorted({normalize_email(e) for e in emails})
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in chunked(wanted, BULK_CHUNK):
+            stmt = (
+                select(_LEDGER.c.email, _LEDGER.c.detail)
+                .where(_LEDGER.c.email.in_(chunk), _LEDGER.c.system == "maileon", _LEDGER.c.field == "permission",
+                       _LEDGER.c.outcome == Outcome.ATTEMPTED.value)
+                .order_by(_LEDGER.c.id)
+            )
+            with self._read() as conn:
+                for email, detail in conn.execute(stmt):
+                    state = detail.get("state_if_applied") if isinstance(detail, dict) else None
+                    if isinstance(state, dict):
+                        found[email] = state  # ordered by id: the newest wins
+        return found
+
     def ledger_for_email(self, email: str) -> list[ConsentLedgerEntry]:
         """Every entry for one address, oldest first: the consent proof for that address."""
         stmt = (

@@ -391,6 +391,29 @@ class Decision(_Frozen):
         return state
 
 
+def recover_interrupted_doi_start(last: LastState, intended: LastState, doi_contact: bool) -> LastState:
+    """The remembered state after a run died between starting a DOI and saving its state.
+
+    ``intended`` is the state the interrupted decision would have kept had its writes up to the DOI
+    start gone through (written ahead into the ledger with the attempt). It counts when Maileon has
+    a contact with that DOI pending or confirmed (``doi_contact``: the start went through) and the
+    memory does not know that start; what decisions after the crash remembered stays, unless the
+    DOI start is newer. An opt-out newer than the request the DOI was for keeps the email opted out.
+    """
+    if not doi_contact or intended.doi_started_at is None:
+        return last
+    if last.doi_started_at is not None and last.doi_started_at >= intended.doi_started_at:
+        return last
+    if _after(last.last_unsubscribe_at, intended.phase_since):
+        return last.model_copy(update={"doi_started_at": intended.doi_started_at})
+    return last.model_copy(update={
+        "phase": intended.phase, "phase_since": intended.phase_since,
+        "newsletter_request_at": _latest(last.newsletter_request_at, intended.newsletter_request_at),
+        "doi_started_at": intended.doi_started_at, "maileon_opted_out": False,
+        "last_known_permission": intended.last_known_permission,
+    })
+
+
 # --------------------------------------------------------------------------------------------------
 # The decision
 # --------------------------------------------------------------------------------------------------

@@ -856,3 +856,23 @@ def test_a_restored_example_set_up_is_one_the_setup_flow_finds_complete(world: W
                   for e in h.sim.state.requests[n:] if e["method"] != "GET"]
         assert writes == [], f"setup found the restored world incomplete: {writes}"
         assert again == fresh
+
+
+def test_a_run_dying_anywhere_after_it_started_a_doi_still_lets_the_confirmation_reach_pipedrive(
+    world: World,
+) -> None:
+    """Found by the long profile: a consent sync started a DOI for a request made after an opt-out and
+    died before it saved what it remembers; the recipient's confirmation was then taken for one of a
+    DOI pmsync never started and ignored, and Pipedrive kept "Pending DOI" under Maileon's permission 4.
+    The history is replayed with the run crashed at each of its HTTP calls and store writes."""
+    with without_engine():
+        for crash_at in range(1, 21):
+            state = ConvergenceMachine()
+            state.start(campaigns=False, once_only=False, drop=0.0, duplicate=0.0, reorder=False)
+            state.intake_submission(error_rate=0.0, i=0, kind="consent")
+            state.intake_submission(error_rate=0.0, i=0, kind="unsubscribe")
+            state.intake_submission(error_rate=0.0, i=0, kind="consent")
+            state.newsletter_edit(n=0, value=Newsletter.SUBSCRIBE)
+            state.flow_run(after_send=False, crash_at=crash_at, error_rate=0.0, name="consent-sync", timeouts=False)
+            state.doi_confirm(i=0)
+            state.teardown()  # the final reconcile and every check

@@ -135,3 +135,24 @@ def test_an_opt_out_a_person_takes_away_is_news_only_if_pmsync_never_knew_it() -
         now=t3 + timedelta(seconds=1))
     assert not [e for e in moved.ledger if e.event == "observed"], moved.ledger
     assert moved.last.last_unsubscribe_at == first.last.last_unsubscribe_at
+
+
+def test_a_doi_start_a_dead_run_never_remembered_is_recovered_only_if_maileon_shows_it_and_no_newer_opt_out() -> None:
+    from pmsync.rules.consent import recover_interrupted_doi_start
+    from pmsync.rules.views import ConsentPhase
+
+    opted_out = LastState(phase=ConsentPhase.OPTED_OUT, phase_since=T0, last_unsubscribe_at=T0)
+    intended = LastState(phase=ConsentPhase.PENDING, phase_since=T0 + timedelta(seconds=5),
+                         newsletter_request_at=T0 + timedelta(seconds=5), doi_started_at=T0 + timedelta(seconds=6))
+
+    recovered = recover_interrupted_doi_start(opted_out, intended, doi_contact=True)
+    assert recovered.phase is ConsentPhase.PENDING and recovered.doi_started_at == intended.doi_started_at
+    # Maileon has no such contact: the start never went through
+    assert recover_interrupted_doi_start(opted_out, intended, doi_contact=False) == opted_out
+    # already remembered (the run saved its state): nothing to recover
+    assert recover_interrupted_doi_start(recovered, intended, doi_contact=True) == recovered
+    # an opt-out newer than the request the DOI was for still stands
+    later_out = opted_out.model_copy(update={"last_unsubscribe_at": T0 + timedelta(seconds=9),
+                                             "phase_since": T0 + timedelta(seconds=9)})
+    kept = recover_interrupted_doi_start(later_out, intended, doi_contact=True)
+    assert kept.phase is ConsentPhase.OPTED_OUT and kept.doi_started_at == intended.doi_started_at
