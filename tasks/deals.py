@@ -69,7 +69,7 @@ from connectors.pipedrive_models import Person
 from connectors.store import OutboxEvent, OutboxKey
 from pmsync.rules import deals as rules
 from pmsync.rules.mapping import external_id
-from pmsync.rules.status import is_valid_email
+from pmsync.rules.status import is_valid_email, normalize_email
 from tasks import artifacts
 from tasks.consent import mask, primary_email
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
@@ -822,6 +822,26 @@ class _Sender:
         return [i for i in pending if i not in set(found)]
 
 
+def _no_import_after_unsubscribe(rt: Runtime, rows: Sequence[OutboxEvent],
+                                 payloads: list[rules.EventPayload]) -> list[rules.EventPayload]:  # fmt: skip
+    """Events queued to create their contact (``import``) lose that right if the email unsubscribed
+    since they were queued: Maileon would bring the unsubscribed address back (at permission 1) and
+    the opt-out would no longer show there. What pmsync knows is checked, and Maileon's unsubscription
+    report since the oldest of them was queued (webhooks get lost)."""
+    importing = [i for i, p in enumerate(payloads) if p.import_contact]
+    if not importing:
+        return payloads
+    emails = {normalize_email(payloads[i].email) for i in importing}
+    states = rt.store.consent_states(emails)
+    out = {e for e, st in states.items() if st.last_unsubscribe_at is not None}
+    since = min(rows[i].created_at for i in importing) - timedelta(seconds=rt.settings.watermark_overlap_seconds)
+    for page in rt.maileon.iter_unsubscription_pages(from_date=since, to_date=datetime.now(UTC) + timedelta(minutes=1)):
+        out |= {normalize_email(r.contact.email) for r in page.items if r.contact and r.contact.email}
+    chosen = set(importing)
+    return [p.model_copy(update={"import_contact": False}) if i in chosen and normalize_email(p.email) in out
+            else p for i, p in enumerate(payloads)]
+
+
 def recorded_keys(rt: Runtime, type_names: Iterable[str]) -> set[tuple[int, str, str]]:
     """(deal id, kind, timestamp) of the newest ≤2,000 events of each given type."""
     out: set[tuple[int, str, str]] = set()
@@ -862,6 +882,7 @@ def send_pending(rt: Runtime, limit: int | None = None) -> SendSummary:
         sendable.append(row)
         payloads.append(payload)
     if sendable:
+        payloads = _no_import_after_unsubscribe(rt, sendable, payloads)
         sender.send(sendable, payloads, orphaned)
     s = sender.summary
     if s.dead or s.retry_later:

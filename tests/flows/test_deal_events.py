@@ -317,6 +317,26 @@ def test_with_skip_persons_unknown_to_maileon_are_dead_lettered_as_skipped_and_a
     runtime.close()
 
 
+def test_an_event_queued_to_create_its_contact_does_not_bring_back_an_email_that_unsubscribed_before_it_was_sent(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    """Found by the convergence machine: the recipient unsubscribed (its webhook lost) between the
+    event's queuing and its sending; the import re-created the contact at permission 1 and the
+    opt-out no longer showed in Maileon, so no reconcile could bring it to Pipedrive."""
+    ann = ui_person(pipedrive_sim, "Ann Example", "ann@example.org")
+    ui_deal(pipedrive_sim, "Deal", person_id=ann)
+    tasks.ensure_types(rt)
+    position = tasks.start_backfill.fn(tasks.resolve_window(LONG_AGO, None, None, True), False, False)
+    assert tasks.enqueue_deal_page.fn(position, dry_run=False).imports == 1  # nothing known against it
+    rt.maileon.create_contact("ann@example.org", sync_mode=SyncMode.UPDATE)
+    maileon_sim.sim.unsubscribe("ann@example.org", source="link")  # pmsync does not know yet
+
+    sent = drain(rt)
+
+    assert maileon_sim.sim.contact("ann@example.org") is None  # not re-created
+    assert (sent.sent, sent.dead, sent.not_in_maileon) == (0, 1, 1)
+
+
 def test_deals_without_person_or_usable_email_are_skipped_and_counted_and_unsubscribed_emails_never_reimported(
     rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
 ) -> None:
