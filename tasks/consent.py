@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import task
@@ -45,6 +45,8 @@ log = logging.getLogger("pmsync.consent")
 PD_PAGE_LIMIT = 500
 IDS_PER_CALL = 100
 CONFIRMED = {MaileonPermission.DOI, MaileonPermission.DOI_PLUS}
+#: How far back Maileon's unsubscription report is read for an email pmsync has never looked at.
+REPORT_LOOKBACK = timedelta(days=30)
 _OUTCOMES = {"applied", "attempted", "refused", "pending_upgrade", "observed", "ignored"}
 
 
@@ -280,6 +282,9 @@ class Settler:
         self.rt, self.account, self.dry_run, self.cause_kind = rt, account, dry_run, cause_kind
         self.contacts: dict[str, Contact | None] | None = None  # listed by the caller (reconcile)
         self.interrupted: dict[str, LastState] = {}  # DOI starts a dead run wrote ahead (see settle)
+        self.lasts: dict[str, LastState] = {}
+        self.batch_emails: list[str] = []
+        self._reported: dict[str, datetime] | None = None  # Maileon's recent unsubscriptions, read once
         self.summary = SettleSummary()
         self.flow_run_id = _flow_run_id()
         self.now = datetime.now(UTC)
@@ -342,6 +347,10 @@ class Settler:
                        if is_valid_email(email) else None)
         unsub_at = signal.at if signal and signal.kind == "unsubscribe" else None
         doi_at = signal.at if signal and signal.kind == "doi" else None
+        if contact is None and unsub_at is None and self.contacts is None and is_valid_email(email):
+            # No live contact: an unsubscription (anonymizes the contact) whose webhook was lost shows
+            # only in Maileon's report, and it must beat an older request. (The reconcile passes it.)
+            unsub_at = self._reported_unsubscription(email)
         if contact is None or contact.permission is None:
             return MaileonView(
                 unsubscribed=bool(unsub_at) or last.maileon_opted_out,
@@ -357,19 +366,38 @@ class Settler:
             last_unsubscribe_at=unsub_at,
         )
 
+    def _reported_unsubscription(self, email: str) -> datetime | None:
+        """The latest row of Maileon's unsubscription report for ``email`` since the batch's emails were
+        last looked at (30 days for an email never seen), read once per batch."""
+        if self._reported is None:
+            seen = [last.observed_at for last in self.lasts.values()]
+            if len(seen) < len(self.batch_emails) or None in seen:
+                since = self.now - REPORT_LOOKBACK
+            else:
+                since = min(t for t in seen if t is not None) - timedelta(seconds=self.rt.settings.watermark_overlap_seconds)
+            self._reported = {}
+            for page in self.rt.maileon.iter_unsubscription_pages(from_date=since, to_date=self.now + timedelta(minutes=1)):
+                for row in page.items:
+                    if row.contact and row.contact.email:
+                        at = _as_utc(row.timestamp) or self.now
+                        key = normalize_email(row.contact.email)
+                        self._reported[key] = max(at, self._reported.get(key, at))
+        return self._reported.get(email)
+
     # -- settle
     def settle(
         self, batch: dict[str, AnySignal | None], person_ids: dict[str, list[int]] | None = None,
         contacts: dict[str, Contact | None] | None = None,
     ) -> SettleSummary:
         batch = {normalize_email(e): s for e, s in batch.items()}
+        self.batch_emails = list(batch)
         self.contacts = {normalize_email(e): c for e, c in contacts.items()} if contacts is not None else None
         emails = list(batch)
         if not self.dry_run:
             ensure_maileon_custom_fields(self.rt, self.account)
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
-        lasts = self.rt.store.consent_last_states(emails)
+        lasts = self.lasts = self.rt.store.consent_last_states(emails)
         # DOI starts written ahead: a run that died before saving its state left it only there
         self.interrupted = {e: LastState.model_validate(v)
                             for e, v in self.rt.store.ledger_doi_starts(emails).items()}

@@ -260,3 +260,29 @@ def test_a_crash_right_after_an_api_write_still_leaves_the_consent_change_in_the
     person = pipedrive_sim.sim.person(ann.id)
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.PENDING_DOI
     assert maileon_sim.sim.contact("ann@example.org")["doi_pending"]
+
+
+def test_a_request_settled_after_a_newer_unsubscription_pmsync_never_heard_of_starts_no_new_doi(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    """Found by the convergence machine: the recipient unsubscribed from the DOI mail (Maileon
+    anonymized the contact; the webhook was lost), and a Subscribe made *before* that was settled
+    later: with no live contact to look at, pmsync started a new DOI for the opted-out address."""
+    from tasks.consent import PipedriveSignal
+
+    account = load_account(rt)
+    subscribe = account.newsletter.option_id(Newsletter.SUBSCRIBE)
+    bob = pipedrive_sim.sim.ui_create_person(name="Bob", owner_id=1, custom_fields={account.newsletter.key: subscribe},
+                                             emails=[{"value": EMAIL, "primary": True}])
+    requested = datetime.now(UTC)
+    settle_batch(account, {EMAIL: None}, {EMAIL: [bob.id]})  # DOI started
+    pipedrive_sim.sim.ui_update_person(bob.id, custom_fields={account.newsletter.key: subscribe})  # asked again
+    maileon_sim.sim.unsubscribe(EMAIL, source="link")  # from the DOI mail; its webhook is lost
+
+    signal = PipedriveSignal(at=requested, cause="d-1", person_id=bob.id, newsletter=Newsletter.SUBSCRIBE,
+                             change_source="app")
+    settle_batch(account, {EMAIL: signal}, {EMAIL: [bob.id]}, cause_kind="webhook")
+
+    assert maileon_sim.sim.contact(EMAIL) is None  # no new DOI for the opted-out address
+    person = pipedrive_sim.sim.person(bob.id)
+    assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
