@@ -112,6 +112,7 @@ from pmsync.rules.views import (
     LastState,
     MaileonView,
     Permission,
+    PersonView,
     PipedriveView,
 )
 
@@ -795,6 +796,13 @@ def _observe(
             events.append(_Event("opt_out", sig.at, "pipedrive",
                                  f"Newsletter=Unsubscribed on person {m.person_id} (webhook; changed since)",
                                  (m.person_id,)))
+        elif m.newsletter is Newsletter.UNSUBSCRIBED and sig is None and _changed_since_read(m, known, last):
+            # Unsubscribed as known, yet someone changed the person after our read: it may have been set
+            # again (Subscribe and back, webhooks not settled yet). Dated by its upper bound it beats a
+            # twin's request known only as "changed since" (a lower bound) – the safe side.
+            events.append(_Event("opt_out", state_at, "pipedrive",
+                                 f"Newsletter=Unsubscribed on person {m.person_id} (person changed since the "
+                                 "last read)", (m.person_id,)))
 
         if pd.campaigns_enabled:
             ms_known = known is not None and known.marketing_status is MS.UNSUBSCRIBED
@@ -916,6 +924,17 @@ def _known_after(
         written_marketing_status=wrote_status if wrote else before.written_marketing_status,
         written_at=now if wrote else before.written_at,
     )
+
+
+def _changed_since_read(m: PersonView, known: KnownPerson | None, last: LastState) -> bool:
+    """Someone other than pmsync updated the person after pmsync's last read (``update_time`` has
+    whole seconds: within the read's second counts as after it). A person pmsync wrote to within the
+    echo window is not judged by its update_time: pmsync's own write moved it."""
+    if m.update_time is None or last.observed_at is None:
+        return False
+    if known is not None and known.written_at is not None and m.update_time <= known.written_at + PIPEDRIVE_ECHO_WINDOW:
+        return False
+    return m.update_time + _PD_TIME_RESOLUTION > last.observed_at
 
 
 def _pd_echo(sig: PipedrivePersonChange, known: KnownPerson | None) -> bool:

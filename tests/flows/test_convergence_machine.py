@@ -879,3 +879,26 @@ def test_a_run_dying_anywhere_after_it_started_a_doi_still_lets_the_confirmation
             state.flow_run(after_send=False, crash_at=crash_at, error_rate=0.0, name="consent-sync", timeouts=False)
             state.doi_confirm(i=0)
             state.teardown()  # the final reconcile and every check
+
+
+def test_a_twins_opt_out_set_again_before_its_webhooks_are_settled_is_not_overwritten_by_another_path(
+    world: World,
+) -> None:
+    """Found by the long profile: bob's first person went Unsubscribed → Subscribe → Unsubscribed
+    while its twin asked to Subscribe, and an intake for bob settled the email before the drain: the
+    re-set opt-out looked like no change (pmsync knew "Unsubscribed"), the twin's request won, and
+    pmsync wrote Pending DOI over the newer opt-out. The person's update_time shows the change."""
+    unsub, sub = Newsletter.UNSUBSCRIBED, Newsletter.SUBSCRIBE
+    with without_engine():
+        state = ConvergenceMachine()
+        state.start(campaigns=False, once_only=False, drop=0.0, duplicate=0.0, reorder=False)
+        for step, kwargs in (
+            ("newsletter_edit", {"n": 1, "value": unsub}),
+            ("intake_submission", {"error_rate": 0.0, "i": 1, "kind": "consent_doi"}),
+            ("newsletter_edit", {"n": 1, "value": sub}), ("newsletter_edit", {"n": 2, "value": sub}),
+            ("newsletter_edit", {"n": 1, "value": unsub}),
+            ("intake_submission", {"error_rate": 0.0, "i": 1, "kind": "none"}),
+        ):
+            getattr(state, step)(**kwargs)
+            state.consent_is_safe()  # after every step, as the machine checks
+        state.teardown()
