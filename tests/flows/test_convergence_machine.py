@@ -1,8 +1,9 @@
 """Convergence under faults (issue 7): a Hypothesis state machine over both simulators and the real flows.
 
-Each example is a fresh Pipedrive company and Maileon account (both simulators served over HTTP), a
-fresh store, pmsync's webhooks registered at a receiver (the real ASGI app, on loopback), and four
-persons on three emails (two share bob@). Then random steps:
+Each example is a fresh Pipedrive company and Maileon account (both simulators served over HTTP; the
+state `setup` leaves is copied once and put back, see `SimCopy` and its test), an emptied store,
+pmsync's webhooks registered at a receiver (the real ASGI app, on loopback), and four persons on
+three emails (two share bob@). Then random steps:
 
 - salespeople in Pipedrive: Newsletter Subscribe / Unsubscribed, marketing_status (with Campaigns),
   an email change (to a new address), a person deleted; deals added, changed, deleted;
@@ -43,7 +44,10 @@ Profiles:
     PMSYNC_CONVERGENCE_EXAMPLES=10000 PMSYNC_CONVERGENCE_ENGINE_EXAMPLES=0 \\
       .venv/bin/pytest -s -p no:cacheprovider tests/flows/test_convergence_machine.py -k without_the_engine
 
-  It explores afresh each time; the CI profile replays the same derandomized examples.
+  It explores afresh each time (about 5–6 examples/s per process; run two processes on two cores),
+  starting with the failures Hypothesis saved in `.hypothesis/`; the CI profile replays the same
+  derandomized examples. Histories the long runs found are replayed by the tests at the end of
+  this module.
 
 ``PMSYNC_CONVERGENCE_STEPS`` sets the steps per example (default 14).
 """
