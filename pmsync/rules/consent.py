@@ -815,6 +815,11 @@ def _observe(
                 events.append(_Event("opt_out", sig.at, "pipedrive",
                                      f"marketing_status=unsubscribed on person {m.person_id} "
                                      "(webhook; changed since)", (m.person_id,)))
+            elif m.marketing_status is MS.UNSUBSCRIBED and sig is None and _changed_since_read(m, known, last):
+                # As for the Newsletter above: unsubscribed as known, but possibly set again since.
+                events.append(_Event("opt_out", state_at, "pipedrive",
+                                     f"marketing_status=unsubscribed on person {m.person_id} (person changed "
+                                     "since the last read)", (m.person_id,)))
             elif (sig is not None and sig.marketing_status_before is MS.UNSUBSCRIBED and not sig_ms_unsub
                   and not ms_known and _after(sig.at, last.last_unsubscribe_at)):
                 # Someone moved the status away from unsubscribed: the opt-out before it was real, and
