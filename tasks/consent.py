@@ -282,6 +282,7 @@ class Settler:
         self.rt, self.account, self.dry_run, self.cause_kind = rt, account, dry_run, cause_kind
         self.contacts: dict[str, Contact | None] | None = None  # listed by the caller (reconcile)
         self.interrupted: dict[str, LastState] = {}  # DOI starts a dead run wrote ahead (see settle)
+        self._written_times: dict[int, datetime] = {}  # per decision: update_time of pmsync's writes
         self.lasts: dict[str, LastState] = {}
         self.batch_emails: list[str] = []
         self._reported: dict[str, datetime] | None = None  # Maileon's recent unsubscriptions, read once
@@ -486,6 +487,7 @@ class Settler:
             sig = cls(at=signal.at, cause=signal.cause)
         decision = rules.decide(pd, ml, last, sig, now=self.now)
         ledger = list(decision.ledger)
+        self._written_times = {}
         if decision.writes and not self.dry_run:
             # Write-ahead: a crash between an API write and the rows below must not leave a consent
             # change without a trace in the ledger.
@@ -525,7 +527,7 @@ class Settler:
         if decision.writes:
             self.summary.decisions_with_writes += 1
         self._record_ledger(ledger, applied=not self.dry_run)
-        return None if self.dry_run else new_last
+        return None if self.dry_run else _with_written_times(new_last, self._written_times)
 
     def _apply(self, email: str, action: Any, mapped: dict[int, Any], last: LastState) -> rules.Readback | None:
         pd, ml, key = self.rt.pipedrive, self.rt.maileon, self.account.newsletter.key
@@ -546,11 +548,14 @@ class Settler:
         elif isinstance(action, rules.SetNewsletter):
             option = self.account.newsletter.option_id(action.value)
             for pid in action.person_ids:
-                pd.update_person(pid, {"custom_fields": {key: option}})
+                updated = pd.update_person(pid, {"custom_fields": {key: option}})
+                self._note_written(pid, updated.update_time)
                 writes.append({"system": "pipedrive", "obj": str(pid), "field": "newsletter", "value": action.value.value})
         elif isinstance(action, rules.SetMarketingStatus):
             first, *_ = action.person_ids
-            pd.update_person(first, {"marketing_status": action.value.value})
+            updated = pd.update_person(first, {"marketing_status": action.value.value})
+            for pid in action.person_ids:  # the status is the email's: Pipedrive changes every sharer
+                self._note_written(pid, updated.update_time)
             observed: dict[int, MarketingStatus | None] = {}
             for pid in action.person_ids:
                 value = pd.get_marketing_status(pid)
@@ -563,6 +568,10 @@ class Settler:
         if writes:
             self.rt.store.record_outbound(writes)
         return readback
+
+    def _note_written(self, pid: int, update_time: datetime | None) -> None:
+        if update_time is not None:
+            self._written_times[pid] = max(update_time, self._written_times.get(pid, update_time))
 
     def _record_ledger(self, entries: list[rules.LedgerEntry], *, applied: bool, attempt: bool = False,
                        doi_state: dict[str, Any] | None = None) -> None:
@@ -599,6 +608,15 @@ class PartialFailure(Exception):
     def __init__(self, last: LastState, error: Exception) -> None:
         super().__init__(str(error))
         self.last, self.error = last, error
+
+
+def _with_written_times(last: LastState, times: dict[int, datetime]) -> LastState:
+    """``last`` with the update_time Pipedrive gave each of pmsync's writes (see KnownPerson)."""
+    if not times:
+        return last
+    persons = {pid: known.model_copy(update={"written_update_time": times[pid]}) if pid in times else known
+               for pid, known in last.persons.items()}
+    return last.model_copy(update={"persons": persons})
 
 
 def _state_if_doi_started(decision: rules.Decision) -> dict[str, Any] | None:

@@ -928,6 +928,7 @@ def _known_after(
         written_newsletter=wrote_newsletter if wrote else before.written_newsletter,
         written_marketing_status=wrote_status if wrote else before.written_marketing_status,
         written_at=now if wrote else before.written_at,
+        written_update_time=None if wrote else before.written_update_time,  # the caller records it
     )
 
 
@@ -937,8 +938,11 @@ def _changed_since_read(m: PersonView, known: KnownPerson | None, last: LastStat
     echo window is not judged by its update_time: pmsync's own write moved it."""
     if m.update_time is None or last.observed_at is None:
         return False
-    if known is not None and known.written_at is not None and m.update_time <= known.written_at + PIPEDRIVE_ECHO_WINDOW:
-        return False
+    if known is not None and known.written_update_time is not None:
+        if m.update_time <= known.written_update_time:
+            return False  # pmsync's own write, as Pipedrive dated it
+    elif known is not None and known.written_at is not None and m.update_time <= known.written_at + PIPEDRIVE_ECHO_WINDOW:
+        return False  # pmsync wrote to it recently, date unknown: its own write may have moved it
     return m.update_time + _PD_TIME_RESOLUTION > last.observed_at
 
 

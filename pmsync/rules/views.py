@@ -152,6 +152,9 @@ class KnownPerson(_Model):
     written_newsletter: Newsletter | None = None
     written_marketing_status: MarketingStatus | None = None
     written_at: AwareDatetime | None = None
+    #: The person's ``update_time`` Pipedrive returned for pmsync's latest write (later ones are
+    #: someone else's changes).
+    written_update_time: AwareDatetime | None = None
 
 
 class LastState(_Model):

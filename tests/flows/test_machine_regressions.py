@@ -286,3 +286,30 @@ def test_a_request_settled_after_a_newer_unsubscription_pmsync_never_heard_of_st
     assert maileon_sim.sim.contact(EMAIL) is None  # no new DOI for the opted-out address
     person = pipedrive_sim.sim.person(bob.id)
     assert account.newsletter.value_of(person["custom_fields"].get(account.newsletter.key)) == Newsletter.UNSUBSCRIBED
+
+
+def test_an_opt_out_set_again_on_a_person_pmsync_wrote_minutes_before_is_still_seen(
+    rt: Runtime, pipedrive_sim: SimHandle, maileon_sim: SimHandle
+) -> None:
+    """pmsync wrote Unsubscribed to both of bob's persons; later a salesperson set the twin to Subscribe
+    and back to Unsubscribed while the first person asked to Subscribe, and a settle came before the
+    drain. pmsync's own write is told apart by the update_time Pipedrive returned for it, not by a
+    ten-minute window that hid the salesperson's re-set."""
+    from flows.intake import intake
+    from tasks.intake import IntakeSubmission
+
+    account = load_account(rt)
+    nl = account.newsletter
+    first = pipedrive_sim.sim.ui_create_person(name="Bob", owner_id=1, emails=[{"value": EMAIL, "primary": True}])
+    twin = pipedrive_sim.sim.ui_create_person(name="Bob Twin", owner_id=1, emails=[{"value": EMAIL, "primary": True}])
+    intake(IntakeSubmission(email=EMAIL, name="Bob", unsubscribe=True, source="t"))  # pmsync writes Unsubscribed
+    pipedrive_sim.sim.clock.advance(3)  # a salesperson, a few seconds later
+    pipedrive_sim.sim.ui_update_person(first.id, custom_fields={nl.key: nl.option_id(Newsletter.SUBSCRIBE)})
+    pipedrive_sim.sim.ui_update_person(twin.id, custom_fields={nl.key: nl.option_id(Newsletter.SUBSCRIBE)})
+    pipedrive_sim.sim.clock.advance(2)
+    pipedrive_sim.sim.ui_update_person(twin.id, custom_fields={nl.key: nl.option_id(Newsletter.UNSUBSCRIBED)})
+
+    settle_batch(account, {EMAIL: None}, {EMAIL: [first.id, twin.id]})  # before the drain
+
+    assert maileon_sim.sim.contact(EMAIL) is None  # no DOI over the newer opt-out
+    assert nl.value_of(pipedrive_sim.sim.person(twin.id)["custom_fields"].get(nl.key)) == Newsletter.UNSUBSCRIBED
