@@ -24,19 +24,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import Flow
 
-from flows.consent import doi_confirmations_to_pipedrive as _doi_confirmations_to_pipedrive
-from flows.consent import optouts_to_maileon as _optouts_to_maileon
-from flows.consent import subscribers_to_maileon as _subscribers_to_maileon
-from flows.consent import sync as _sync
-from flows.consent import unsubscribes_to_pipedrive as _unsubscribes_to_pipedrive
-from flows.deals import backfill_deal_events as _backfill_deal_events
-from flows.deals import deal_events_from_webhooks as _deal_events_from_webhooks
-from flows.deals import send_deal_events as _send_deal_events
-from flows.inbox import drain_inbox as _drain_inbox
-from flows.intake import intake as _intake
-from flows.reconcile import reconcile as _reconcile
-from flows.setup import setup as _setup
-from flows.webhook_health import webhook_health as _webhook_health
+from flows import consent, deals, inbox
+from flows import intake as intake_flows
+from flows import reconcile as reconcile_flows
+from flows import setup as setup_flows
+from flows import webhook_health as health_flows
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,16 +62,16 @@ def deployable(sync_flow: Flow[P, R]) -> Flow[P, Coroutine[Any, Any, R]]:
     )
 
 
-reconcile = deployable(_reconcile)
-sync = deployable(_sync)
-unsubscribes_to_pipedrive = deployable(_unsubscribes_to_pipedrive)
-optouts_to_maileon = deployable(_optouts_to_maileon)
-doi_confirmations_to_pipedrive = deployable(_doi_confirmations_to_pipedrive)
-subscribers_to_maileon = deployable(_subscribers_to_maileon)
-webhook_health = deployable(_webhook_health)
-send_deal_events = deployable(_send_deal_events)
-backfill_deal_events = deployable(_backfill_deal_events)
-deal_events_from_webhooks = deployable(_deal_events_from_webhooks)
-drain_inbox = deployable(_drain_inbox)
-intake = deployable(_intake)
-setup = deployable(_setup)
+reconcile = deployable(reconcile_flows.reconcile)
+sync = deployable(consent.sync)
+unsubscribes_to_pipedrive = deployable(consent.unsubscribes_to_pipedrive)
+optouts_to_maileon = deployable(consent.optouts_to_maileon)
+doi_confirmations_to_pipedrive = deployable(consent.doi_confirmations_to_pipedrive)
+subscribers_to_maileon = deployable(consent.subscribers_to_maileon)
+webhook_health = deployable(health_flows.webhook_health)
+send_deal_events = deployable(deals.send_deal_events)
+backfill_deal_events = deployable(deals.backfill_deal_events)
+deal_events_from_webhooks = deployable(deals.deal_events_from_webhooks)
+drain_inbox = deployable(inbox.drain_inbox)
+intake = deployable(intake_flows.intake)
+setup = deployable(setup_flows.setup)

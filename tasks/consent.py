@@ -246,6 +246,19 @@ def collect_doi_confirmations(updated_after: datetime | None, page_index: int) -
     return out
 
 
+def reported_unsubscriptions(rt: Runtime, since: datetime) -> dict[str, datetime]:
+    """Maileon's unsubscription report from ``since`` to now: the latest row per (normalized) email."""
+    now = datetime.now(UTC)
+    latest: dict[str, datetime] = {}
+    for page in rt.maileon.iter_unsubscription_pages(from_date=since, to_date=now + timedelta(minutes=1)):
+        for row in page.items:
+            if row.contact and row.contact.email:
+                at = _as_utc(row.timestamp) or now
+                key = normalize_email(row.contact.email)
+                latest[key] = max(at, latest.get(key, at))
+    return latest
+
+
 def _as_utc(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -283,9 +296,9 @@ class Settler:
         self.contacts: dict[str, Contact | None] | None = None  # listed by the caller (reconcile)
         self.interrupted: dict[str, LastState] = {}  # DOI starts a dead run wrote ahead (see settle)
         self._written_times: dict[int, datetime] = {}  # per decision: update_time of pmsync's writes
-        self.lasts: dict[str, LastState] = {}
-        self.batch_emails: list[str] = []
-        self._reported: dict[str, datetime] | None = None  # Maileon's recent unsubscriptions, read once
+        #: Maileon's unsubscription report, read once per batch from ``report_since`` (see settle).
+        self.report_since: datetime | None = None
+        self._reported: dict[str, datetime] | None = None
         self.summary = SettleSummary()
         self.flow_run_id = _flow_run_id()
         self.now = datetime.now(UTC)
@@ -368,21 +381,9 @@ class Settler:
         )
 
     def _reported_unsubscription(self, email: str) -> datetime | None:
-        """The latest row of Maileon's unsubscription report for ``email`` since the batch's emails were
-        last looked at (30 days for an email never seen), read once per batch."""
+        """The latest row of Maileon's unsubscription report for ``email`` since ``report_since``."""
         if self._reported is None:
-            seen = [last.observed_at for last in self.lasts.values()]
-            if len(seen) < len(self.batch_emails) or None in seen:
-                since = self.now - REPORT_LOOKBACK
-            else:
-                since = min(t for t in seen if t is not None) - timedelta(seconds=self.rt.settings.watermark_overlap_seconds)
-            self._reported = {}
-            for page in self.rt.maileon.iter_unsubscription_pages(from_date=since, to_date=self.now + timedelta(minutes=1)):
-                for row in page.items:
-                    if row.contact and row.contact.email:
-                        at = _as_utc(row.timestamp) or self.now
-                        key = normalize_email(row.contact.email)
-                        self._reported[key] = max(at, self._reported.get(key, at))
+            self._reported = reported_unsubscriptions(self.rt, self.report_since or self.now - REPORT_LOOKBACK)
         return self._reported.get(email)
 
     # -- settle
@@ -391,14 +392,18 @@ class Settler:
         contacts: dict[str, Contact | None] | None = None,
     ) -> SettleSummary:
         batch = {normalize_email(e): s for e, s in batch.items()}
-        self.batch_emails = list(batch)
         self.contacts = {normalize_email(e): c for e, c in contacts.items()} if contacts is not None else None
         emails = list(batch)
         if not self.dry_run:
             ensure_maileon_custom_fields(self.rt, self.account)
         persons = self._persons_by_email(emails, person_ids)
         orgs = self._orgs(p for ps in persons.values() for p in ps)
-        lasts = self.lasts = self.rt.store.consent_last_states(emails)
+        lasts = self.rt.store.consent_last_states(emails)
+        # Since the batch's emails were last looked at (REPORT_LOOKBACK for an email never seen).
+        seen = [lasts[e].observed_at if e in lasts else None for e in emails]
+        known = [t for t in seen if t is not None]
+        self.report_since = (min(known) - timedelta(seconds=self.rt.settings.watermark_overlap_seconds)
+                             if known and len(known) == len(seen) else None)
         # DOI starts written ahead: a run that died before saving its state left it only there
         self.interrupted = {e: LastState.model_validate(v)
                             for e, v in self.rt.store.ledger_doi_starts(emails).items()}

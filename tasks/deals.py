@@ -71,7 +71,7 @@ from pmsync.rules import deals as rules
 from pmsync.rules.mapping import external_id
 from pmsync.rules.status import is_valid_email, normalize_email
 from tasks import artifacts
-from tasks.consent import mask, primary_email
+from tasks.consent import mask, primary_email, reported_unsubscriptions
 from tasks.retry import TASK_RETRY_DELAYS, transient_only
 from tasks.runtime import Runtime, get_runtime
 
@@ -835,8 +835,7 @@ def _no_import_after_unsubscribe(rt: Runtime, rows: Sequence[OutboxEvent],
     states = rt.store.consent_states(emails)
     out = {e for e, st in states.items() if st.last_unsubscribe_at is not None}
     since = min(rows[i].created_at for i in importing) - timedelta(seconds=rt.settings.watermark_overlap_seconds)
-    for page in rt.maileon.iter_unsubscription_pages(from_date=since, to_date=datetime.now(UTC) + timedelta(minutes=1)):
-        out |= {normalize_email(r.contact.email) for r in page.items if r.contact and r.contact.email}
+    out |= set(reported_unsubscriptions(rt, since))
     chosen = set(importing)
     return [p.model_copy(update={"import_contact": False}) if i in chosen and normalize_email(p.email) in out
             else p for i, p in enumerate(payloads)]

@@ -359,6 +359,8 @@ class _PageReader:
         self.owners = {oid: f"{o.name}\x1f{o.email}" for oid, o in account.owners.items()}
         self.custom_keys = _configured_keys(account)
         self.prefix = f"{account.company_id}\x1f{account.custom_field_names!r}\x1f"
+        self.changelog = (Resume(plan.changelog_since, plan.changelog_after_id)
+                          if plan.changelog_since is not None else None)
 
     def page(self, persons: Sequence[Person], out: PersonChunk, final: bool) -> pd.DataFrame:
         rt, plan, account = self.rt, self.plan, self.plan.account
@@ -434,11 +436,10 @@ class _PageReader:
     def _may_hide_optout(self, person: Person, email: str | None, status: str | None, old: Stored | None) -> bool:
         """Updated since pmsync last looked, not unsubscribed now, nor in the snapshot: a lost webhook
         could have hidden an opt-out a salesperson then overwrote (tasks.changelog)."""
-        since = self.plan.changelog_since
         unsubscribed = MarketingStatus.UNSUBSCRIBED.value
-        return (since is not None and email is not None and status is not None and status != unsubscribed
+        return (self.changelog is not None and email is not None and status is not None and status != unsubscribed
                 and (old is None or old[2] != unsubscribed) and person.update_time is not None
-                and Resume(since, self.plan.changelog_after_id).includes(person.id, person.update_time))
+                and self.changelog.includes(person.id, person.update_time))
 
     def _newsletter(self, person: Person) -> str | None:
         raw = person.custom_fields.get(self.plan.account.newsletter.key)
