@@ -358,6 +358,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
         self.evidence_gone: set[str] = set()
         self.drop = 0.0
         self.moved = 0
+        #: person id -> the Pipedrive second of a salesperson's latest edit of it (see `_by_hand`).
+        self.edited_in: dict[int, int] = {}
 
     # -- example set-up
 
@@ -424,6 +426,15 @@ class ConvergenceMachine(RuleBasedStateMachine):
                 Newsletter.UNSUBSCRIBED) and self.w.ml.sim.contact(p.email) is None:
             self.evidence_gone.add(p.email)
 
+    def _by_hand(self, *pids: int) -> None:
+        """A salesperson edits these persons now: not twice in one second (Pipedrive keeps whole seconds,
+        so a value set and set back within one would leave no trace, while no person does that).
+        pmsync's writes and one edit by hand may still share a second."""
+        clock = self.w.pd.sim.clock
+        if any(self.edited_in.get(pid) == clock.now_s() for pid in pids):
+            clock.advance(1)
+        self.edited_in.update(dict.fromkeys(pids, clock.now_s()))
+
     def _emails(self) -> set[str]:
         return set(BASE_EMAILS) | {p.email for p in self.persons} | set(self.latest)
 
@@ -434,6 +445,10 @@ class ConvergenceMachine(RuleBasedStateMachine):
         p = self.persons[n]
         if not p.alive:
             return
+        if newsletter_of(self.w, self.account, p.id) == value:  # already so: Pipedrive saves nothing, no act
+            self.w.figures.steps += 1
+            return
+        self._by_hand(p.id)
         self.w.pd.sim.ui_update_person(p.id, custom_fields={self.account.newsletter.key:
                                                             self.account.newsletter.option_id(value)})
         self._act(p.email, "request" if value == Newsletter.SUBSCRIBE else "optout")
@@ -443,6 +458,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
     def marketing_status_edit(self, i: int, status: str) -> None:
         email = BASE_EMAILS[i]
         before = self.w.pd.sim.marketing_status(email)
+        self._by_hand(*(p.id for p in self.persons if p.alive and p.email == email))
         try:
             self.w.pd.sim.set_email_status(email, status)
         except Exception:  # refused by Pipedrive (the once-only rule): nothing happened
@@ -461,6 +477,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         if not p.alive:
             return
         self._leaves(p)
+        self._by_hand(p.id)
         self.moved += 1
         p.email = f"moved{self.moved}@example.org"
         self.w.pd.sim.ui_update_person(p.id, emails=[{"value": p.email, "primary": True}])
@@ -472,6 +489,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
         if not p.alive:
             return
         self._leaves(p)
+        self._by_hand(p.id)
         self.w.pd.sim.service.delete_person(p.id, user_id=1, source="app")
         p.alive = False
         self.w.figures.steps += 1
