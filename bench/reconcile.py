@@ -160,8 +160,10 @@ def calls(stats: dict[str, Any]) -> dict[str, int]:
 
 
 def worker(what: str, urls: dict[str, Any], db: str, mode: str) -> None:
-    from tasks.runtime import Runtime
+    import flows.reconcile  # noqa: F401  (imported before the freeze, as in a deployed run's process)
+    from tasks.runtime import Runtime, freeze_startup_objects
 
+    freeze_startup_objects()  # what a process does before its first run (tasks/runtime.py)
     rt = Runtime.from_settings(settings(urls, db))
     out: dict[str, Any] = {"what": what, "mode": mode}
     if what == "bare":
