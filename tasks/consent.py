@@ -633,7 +633,7 @@ def _state_if_doi_started(decision: rules.Decision) -> dict[str, Any] | None:
 
 
 def _is_doi_start(entry: rules.LedgerEntry) -> bool:
-    return entry.system == "maileon" and entry.field == "permission" and (entry.new or "").startswith("1 (doi")
+    return entry.system == "maileon" and entry.field == "permission" and entry.new == rules.DOI_STARTED
 
 
 def _ledger_for_applied(email: str, actions: Sequence[Any], at: datetime) -> list[rules.LedgerEntry]:
@@ -644,7 +644,7 @@ def _ledger_for_applied(email: str, actions: Sequence[Any], at: datetime) -> lis
         if isinstance(action, rules.UnsubscribeMaileon):
             rows.append(rules.LedgerEntry(system="maileon", field="permission", new="unsubscribed", **common))
         elif isinstance(action, rules.CreateMaileonContactWithDOI):
-            rows.append(rules.LedgerEntry(system="maileon", field="permission", new="1 (doi started)",
+            rows.append(rules.LedgerEntry(system="maileon", field="permission", new=rules.DOI_STARTED,
                                           person_ids=action.person_ids, **common))
         elif isinstance(action, rules.SetNewsletter):
             rows.append(rules.LedgerEntry(system="pipedrive", field="newsletter", new=action.value.value,

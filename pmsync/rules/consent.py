@@ -117,6 +117,8 @@ from pmsync.rules.views import (
 )
 
 #: A Maileon unsubscription dated this long after pmsync's own unsubscribe call is its echo.
+#: The ledger's new value of a DOI start (Maileon permission 1 with a DOI mailing).
+DOI_STARTED = "1 (doi started)"
 MAILEON_ECHO_WINDOW = timedelta(minutes=10)
 #: A Pipedrive webhook repeating pmsync's own write this long after it is its echo.
 PIPEDRIVE_ECHO_WINDOW = timedelta(minutes=10)
@@ -550,7 +552,7 @@ def decide(
             CreateMaileonContactWithDOI(email=email, person_ids=all_ids, person_id=rep.person_id,
                                         key=f"doi:{email}:{request_key}")
         )
-        note("maileon", "permission", _s(permission_after), "1 (doi started)", "planned", ids=all_ids)
+        note("maileon", "permission", _s(permission_after), DOI_STARTED, "planned", ids=all_ids)
         phase = Phase.PENDING
         since = _latest(since, fold.doi_request_at)
         doi_started_at = now
