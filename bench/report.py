@@ -2,13 +2,21 @@
 
     .venv/bin/python bench/report.py                      # full sizes (< 25 min on 2 cores), bench/REPORT.md
     .venv/bin/python bench/report.py --quick              # small sizes, a smoke run (< 3 min)
-    .venv/bin/python bench/report.py --only burst --out /tmp/r.md
+    .venv/bin/python bench/report.py --only burst         # rerun one scenario, keep the other sections
 
 Each scenario is a script run as a subprocess with ``--json``; its wall time is printed as it
 finishes. A scenario that fails (non-zero exit without figures, a timeout, a missing script) is
 reported with the tail of its stderr and does not stop the others. Goals come from issue 7 (burst
 throughput ≥ 90 % of the allowed rate with no failed write, Prefect overhead ≤ 15 %, receiver
 ≥ 500 req/s with p99 ≤ 50 ms and nothing lost) and issue 6 (webhook → effect p99 ≤ 2 s).
+
+Next to the markdown goes a sidecar, ``<out>.json`` (``bench/REPORT.json``): per scenario its outcome
+(args, wall time, exit status, figures, error, stderr tail) and where it was measured (UTC time, git
+commit and uncommitted code changes, load average before/after, --quick or not). ``--only`` merges:
+it reruns the named scenarios and keeps the other scenarios' stored outcomes, provided they were
+measured at the same sizes (--quick or full; the other kind is not mixed in and renders "not run").
+Kept sections are labelled as coming from an earlier run, with their time and commit. Without a
+readable sidecar the scenarios not run render "not run (--only)".
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 STDERR_TAIL = 2500
+SIDECAR_FORMAT = 1  # bump when the sidecar's shape changes: an old sidecar is then ignored, not misread
+CODE_DIRS = ("bench", "connectors", "flows", "tasks", "pmsync", "simulators", "deployments")
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,28 @@ SCENARIOS: tuple[Scenario, ...] = (
 )  # fmt: skip
 
 
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+LoadAverage = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Where an outcome's figures come from; stored with them so that a section kept by a later --only
+    run still says when and on which code it was measured."""
+
+    at: datetime
+    commit: str
+    uncommitted: tuple[str, ...]  # changed files in CODE_DIRS: the commit alone does not name the code
+    load_before: LoadAverage
+    load_after: LoadAverage
+    quick: bool
+
+    def describe(self) -> str:
+        dirty = " plus uncommitted changes" if self.uncommitted else ""
+        return f"{self.at:%Y-%m-%d %H:%M} UTC, commit {self.commit}{dirty}"
+
+
 @dataclass
 class Outcome:
     scenario: Scenario
@@ -80,6 +112,8 @@ class Outcome:
     error: str | None = None
     skipped: str | None = None
     stderr_tail: str = ""
+    measured: Measured | None = None
+    earlier: bool = False  # read from the sidecar: measured by an earlier invocation, kept by --only
 
     @property
     def command(self) -> str:
@@ -90,10 +124,12 @@ class Outcome:
 class Report:
     quick: bool
     started: datetime
-    load_before: tuple[float, float, float]
+    load_before: LoadAverage
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
-    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: LoadAverage = (0.0, 0.0, 0.0)
+    commit: str = "?"
+    uncommitted: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -133,6 +169,87 @@ def run_scenario(s: Scenario, quick: bool, tmp: Path) -> Outcome:
     return out
 
 
+def run_measured(s: Scenario, report: Report, tmp: Path) -> Outcome:
+    at, load_before = datetime.now(UTC), os.getloadavg()
+    out = run_scenario(s, report.quick, tmp)
+    out.measured = Measured(at, report.commit, report.uncommitted, load_before, os.getloadavg(), report.quick)
+    return out
+
+
+def git_state() -> tuple[str, tuple[str, ...]]:
+    """The short commit and the files changed in the code directories. Taken once before the scenarios run:
+    the code they measure is what was on disk then (others may edit the checkout meanwhile)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "?"
+    return commit, tuple(line[3:] for line in git("status", "--porcelain", "--", *CODE_DIRS).splitlines())
+
+
+# ------------------------------------------------------------------------------------------ the sidecar
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json") if out.suffix != ".json" else out.with_name(out.name + ".sidecar.json")
+
+
+def outcome_to_json(o: Outcome, m: Measured) -> dict[str, Any]:
+    return {"args": list(o.args), "seconds": o.seconds, "returncode": o.returncode, "figures": o.figures,
+            "error": o.error, "skipped": o.skipped, "stderr_tail": o.stderr_tail,
+            "measured_at": m.at.isoformat(timespec="seconds"), "commit": m.commit,
+            "uncommitted": list(m.uncommitted), "load_before": list(m.load_before),
+            "load_after": list(m.load_after), "quick": m.quick}  # fmt: skip
+
+
+def load_average(value: Any) -> LoadAverage:
+    one, five, fifteen = (float(x) for x in value)
+    return one, five, fifteen
+
+
+def outcome_from_json(scenario: Scenario, d: dict[str, Any]) -> Outcome:
+    measured = Measured(datetime.fromisoformat(d["measured_at"]), str(d["commit"]),
+                        tuple(str(f) for f in d["uncommitted"]), load_average(d["load_before"]),
+                        load_average(d["load_after"]), bool(d["quick"]))  # fmt: skip
+    return Outcome(scenario, tuple(str(a) for a in d["args"]), float(d["seconds"]), d["returncode"], d["figures"],
+                   d["error"], d["skipped"], str(d["stderr_tail"]), measured, earlier=True)  # fmt: skip
+
+
+def write_sidecar(path: Path, outcomes: dict[str, Outcome]) -> None:
+    scenarios = {name: outcome_to_json(o, o.measured) for name, o in outcomes.items() if o.measured}
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps({"format": SIDECAR_FORMAT, "scenarios": scenarios}, indent=1, ensure_ascii=False)
+    tmp.write_text(text + "\n")
+    tmp.replace(path)  # a run killed mid-write must not leave a sidecar the next --only cannot read
+
+
+def read_sidecar(path: Path) -> dict[str, Outcome]:
+    """The outcomes stored by earlier runs; none if the sidecar is absent or unreadable, so that --only then
+    behaves as it did before there was a sidecar. Scenarios no longer in SCENARIOS are dropped."""
+    try:
+        data = json.loads(path.read_text())
+        if data["format"] != SIDECAR_FORMAT:
+            raise ValueError(f"format {data['format']!r}, expected {SIDECAR_FORMAT}")
+        stored = data["scenarios"].items()
+        return {name: outcome_from_json(BY_NAME[name], d) for name, d in stored if name in BY_NAME}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"ignoring {path}, unreadable: {exc!r}", file=sys.stderr, flush=True)
+        return {}
+
+
+def same_size(o: Outcome, quick: bool) -> bool:
+    return o.measured is not None and o.measured.quick == quick
+
+
+def merge(fresh: dict[str, Outcome], stored: dict[str, Outcome], quick: bool) -> dict[str, Outcome]:
+    """This run's outcomes plus the stored ones of the scenarios it did not run, in SCENARIOS order. Stored
+    outcomes measured at the other sizes (--quick vs full) are left out: one report never mixes the two."""
+    kept = {name: o for name, o in stored.items() if same_size(o, quick)}
+    both = {**kept, **fresh}
+    return {s.name: both[s.name] for s in SCENARIOS if s.name in both}
+
+
 def machine(report: Report) -> list[str]:
     mem_gb = float("nan")
     try:
@@ -141,10 +258,7 @@ def machine(report: Report) -> list[str]:
                 mem_gb = int(line.split()[1]) / 1024 / 1024
     except OSError:
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = [line[3:] for line in subprocess.run(
-        ["git", "status", "--porcelain", "--", "bench", "connectors", "flows", "tasks", "pmsync", "simulators",
-         "deployments"], cwd=ROOT, capture_output=True, text=True).stdout.splitlines()]  # fmt: skip
+    dirty = report.uncommitted
     try:
         prefect = importlib.metadata.version("prefect")
     except importlib.metadata.PackageNotFoundError:
@@ -156,9 +270,18 @@ def machine(report: Report) -> list[str]:
         f"- machine: {os.cpu_count()} cores, {mem_gb:.1f} GB RAM, {platform.system()} {platform.release()}; "
         f"load average (1/5/15 min) {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} at the start, "
         f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f} at the end (other engineers' tests share the machine)",
-        f"- python {platform.python_version()}, prefect {prefect}, git commit {commit or '?'}"
+        f"- python {platform.python_version()}, prefect {prefect}, git commit {report.commit}"
         + (f" plus uncommitted changes in {', '.join(dirty[:6])}{' …' if len(dirty) > 6 else ''}" if dirty else ""),
+        *earlier_runs(report),
     ]
+
+
+def earlier_runs(report: Report) -> list[str]:
+    """The header's other lines describe this invocation; this line names the sections not measured by it."""
+    kept = [f"{o.scenario.name} ({o.measured.describe()}, load (1 min) {o.measured.load_before[0]:.2f} → "
+            f"{o.measured.load_after[0]:.2f})"
+            for o in report.outcomes.values() if o.earlier and o.measured and not o.skipped]  # fmt: skip
+    return [f"- sections from earlier runs (kept by --only): {'; '.join(kept)}"] if kept else []
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -389,12 +512,20 @@ def section_runs(r: Report) -> list[str]:
     for o in r.outcomes.values():
         status = o.skipped or (f"**failed**: {o.error}" if o.error else
                                f"ok (exit {o.returncode})" if o.returncode == 0 else f"figures written, exit {o.returncode}")  # fmt: skip
-        rows.append([o.scenario.name, f"`{o.command}`" if not o.skipped else "—", n(o.seconds, 1), status])
-    out = ["## Scenario runs", "", *table(["scenario", "command (plus `--json PATH`)", "wall time (s)", "status"], rows)]
+        rows.append([o.scenario.name, f"`{o.command}`" if not o.skipped else "—", n(o.seconds, 1), status,
+                     measured_cell(o)])
+    out = ["## Scenario runs", "",
+           *table(["scenario", "command (plus `--json PATH`)", "wall time (s)", "status", "measured"], rows)]
     for o in r.outcomes.values():
         if o.error or (o.returncode not in (0, None)):
             out += [f"### {o.scenario.name}: stderr tail", "", "```", o.stderr_tail.strip() or "(empty)", "```", ""]
     return out
+
+
+def measured_cell(o: Outcome) -> str:
+    if o.measured is None:
+        return "—"
+    return o.measured.describe() + (" (earlier run)" if o.earlier else "")
 
 
 SECTIONS: tuple[Callable[[Report], list[str]], ...] = (
@@ -406,7 +537,8 @@ SECTIONS: tuple[Callable[[Report], list[str]], ...] = (
 def render(r: Report) -> str:
     command = ".venv/bin/python bench/report.py" + (" --quick" if r.quick else "")
     lines = ["# pmsync benchmark report", "",
-             f"Reproduce: `{command}` (writes this file; `--only NAME` runs one scenario).", "",
+             f"Reproduce: `{command}` (writes this file and its `.json` sidecar; `--only NAME` reruns one "
+             "scenario and keeps the other sections from the sidecar).", "",
              *machine(r), ""]  # fmt: skip
     for section in SECTIONS:
         lines += section(r)
@@ -416,25 +548,34 @@ def render(r: Report) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, < 3 min)")
-    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS], help="run only these scenarios")
+    parser.add_argument("--only", nargs="*", choices=[s.name for s in SCENARIOS], help="run only these scenarios; keep the others' outcomes from the sidecar")
     parser.add_argument("--out", type=Path, default=BENCH / "REPORT.md", help="the markdown report (default bench/REPORT.md)")
     args = parser.parse_args()
     report = Report(quick=args.quick, started=datetime.now(UTC), load_before=os.getloadavg())
+    report.commit, report.uncommitted = git_state()
+    sidecar = sidecar_path(args.out)
+    stored = read_sidecar(sidecar) if args.only else {}
+    other_size = [name for name, o in stored.items() if name not in args.only and not same_size(o, args.quick)]
+    if other_size:  # said up front: the sidecar written at the end no longer holds them
+        size = "full" if args.quick else "at --quick"
+        print(f"not kept from {sidecar} (measured {size}): {', '.join(other_size)}", flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pmsync-report-") as tmp:
         for s in SCENARIOS:
             if args.only and s.name not in args.only:
                 continue
             print(f"[{time.perf_counter() - t0:6.0f} s] {s.name}: {s.what} …", flush=True)
-            o = report.outcomes[s.name] = run_scenario(s, args.quick, Path(tmp))
+            o = report.outcomes[s.name] = run_measured(s, report, Path(tmp))
             state = o.skipped or (f"FAILED ({o.error})" if o.error else f"done, exit {o.returncode}")
             print(f"[{time.perf_counter() - t0:6.0f} s] {s.name}: {state} in {o.seconds:.1f} s", flush=True)
             if o.error:
                 print("   " + o.stderr_tail.strip()[-600:].replace("\n", "\n   "), flush=True)
     report.seconds = time.perf_counter() - t0
     report.load_after = os.getloadavg()
+    report.outcomes = merge(report.outcomes, stored, args.quick)
     args.out.write_text(render(report))
-    print(f"wrote {args.out} ({report.seconds / 60:.1f} min)")
+    write_sidecar(sidecar, report.outcomes)
+    print(f"wrote {args.out} and {sidecar} ({report.seconds / 60:.1f} min)")
     return 0
 
 
