@@ -924,3 +924,31 @@ def test_a_twins_opt_out_set_again_before_its_webhooks_are_settled_is_not_overwr
             getattr(state, step)(**kwargs)
             state.consent_is_safe()  # after every step, as the machine checks
         state.teardown()
+
+
+def test_the_machines_salespeople_act_only_by_changing_a_value_and_not_twice_a_second_on_one_person(
+    world: World,
+) -> None:
+    """The machine's own model (the open history of an earlier long run): bob's twin "set back to
+    Unsubscribed" when pmsync had written Unsubscribed to it a moment before is no act – Pipedrive
+    saves nothing, no webhook, no trace – so the newer Subscribe on bob's other person rightly starts a
+    DOI. And the same twin set Subscribe and back to Unsubscribed is one salesperson's two edits: a
+    second apart at least, so the person's update_time shows the opt-out is newer than pmsync's write."""
+    unsub, sub = Newsletter.UNSUBSCRIBED, Newsletter.SUBSCRIBE
+    histories = {
+        "no-op": [("newsletter_edit", {"n": 1, "value": sub}), ("newsletter_edit", {"n": 2, "value": unsub})],
+        "set and set back": [("newsletter_edit", {"n": 2, "value": sub}), ("newsletter_edit", {"n": 1, "value": sub}),
+                             ("newsletter_edit", {"n": 2, "value": unsub})],
+    }
+    with without_engine():
+        for name, steps in histories.items():
+            for campaigns in (False, True):
+                state = ConvergenceMachine()
+                state.start(campaigns=campaigns, once_only=False, drop=0.0, duplicate=0.0, reorder=False)
+                state.intake_submission(error_rate=0.0, i=1, kind="unsubscribe")
+                for step, kwargs in steps:
+                    getattr(state, step)(**kwargs)
+                state.flow_run(after_send=False, crash_at=None, error_rate=0.0, name="consent-sync", timeouts=False)
+                state.consent_is_safe()
+                assert state.latest["bob@example.org"] == ("request" if name == "no-op" else "optout"), name
+                state.teardown()
