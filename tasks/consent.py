@@ -309,12 +309,29 @@ class Settler:
     ) -> dict[str, list[Person]]:
         index = self.rt.store.snapshot_by_email(emails)
         ids: set[int] = {row.person_id for rows in index.values() for row in rows}
+        searched: set[str] = set()
         for email in emails:
             known_ids = (known or {}).get(email)
             if known_ids:
                 ids.update(known_ids)
             elif not index.get(email) and is_valid_email(email):
                 ids.update(self.rt.pipedrive.find_person_ids_by_email(email))
+                searched.add(email)
+        by_email = self._fetch_by_email(emails, ids)
+        # The persons pmsync knew of have all left the email (or were never its members): whoever
+        # carries it now – a twin whose webhooks were lost – is found by searching, not left out of
+        # an opt-out that came with the webhook of a person who left.
+        more: set[int] = set()
+        for email in emails:
+            if not by_email[email] and email not in searched and is_valid_email(email):
+                more.update(self.rt.pipedrive.find_person_ids_by_email(email))
+        if more - ids:
+            for email, found in self._fetch_by_email(emails, more - ids).items():
+                by_email[email] += found
+        return by_email
+
+    def _fetch_by_email(self, emails: Sequence[str], ids: set[int]) -> dict[str, list[Person]]:
+        """The persons ``ids`` (100 per call; deleted ones left out), by each of their emails in ``emails``."""
         persons: list[Person] = []
         id_list = sorted(ids)
         custom = [self.account.newsletter.key, *self._custom_keys()]

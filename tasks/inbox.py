@@ -77,6 +77,9 @@ class ClaimedBatch(BaseModel):
         to successive rounds, oldest first), at most ``size`` emails per call."""
         latest: dict[tuple[Any, ...], Work] = {}
         extra_ids: dict[tuple[Any, ...], list[int]] = {}
+        # Collapsed news still names every person it came from: two persons created with one email
+        # in a burst are both members, though only the later delivery is settled.
+        persons: dict[tuple[Any, ...], set[int]] = {}
         for item in sorted(self.work, key=lambda w: w.at):
             kind: str = item.signal.kind if item.signal is not None else "none"
             pid, values = None, None
@@ -88,8 +91,10 @@ class ClaimedBatch(BaseModel):
             if key in latest:  # the same news twice: the later one is enough
                 extra_ids.setdefault(key, []).append(latest[key].inbox_id)
             latest[key] = item
+            persons.setdefault(key, set()).update(item.person_ids)
         per_email: dict[str, list[tuple[Work, list[int]]]] = {}
         for key, item in sorted(latest.items(), key=lambda kv: kv[1].at):
+            item = item.model_copy(update={"person_ids": sorted(persons[key])})
             per_email.setdefault(item.email, []).append((item, [item.inbox_id, *extra_ids.get(key, [])]))
         rounds: list[Round] = []
         depth = max((len(v) for v in per_email.values()), default=0)

@@ -952,3 +952,17 @@ def test_the_machines_salespeople_act_only_by_changing_a_value_and_not_twice_a_s
                 state.consent_is_safe()
                 assert state.latest["bob@example.org"] == ("request" if name == "no-op" else "optout"), name
                 state.teardown()
+
+
+def test_a_twin_who_opts_out_and_moves_away_before_the_drain_still_opts_out_the_one_left(world: World) -> None:
+    """Found by the long profile (10,000-example run, example ~7,450): the four persons' creation
+    webhooks settled in one drain collapsed, bob's own person was forgotten, and the twin's opt-out –
+    settled after the twin had moved to another address – reached no member of bob@."""
+    with without_engine():
+        state = ConvergenceMachine()
+        state.start(campaigns=False, once_only=False, drop=0.0, duplicate=0.0, reorder=False)
+        state.webhooks_arrive()
+        state.flow_run(after_send=False, crash_at=None, error_rate=0.0, name="drain-inbox", timeouts=False)
+        state.newsletter_edit(n=2, value=Newsletter.UNSUBSCRIBED)
+        state.email_change(n=2)
+        state.teardown()

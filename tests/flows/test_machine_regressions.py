@@ -313,3 +313,40 @@ def test_an_opt_out_set_again_on_a_person_pmsync_wrote_minutes_before_is_still_s
 
     assert maileon_sim.sim.contact(EMAIL) is None  # no DOI over the newer opt-out
     assert nl.value_of(pipedrive_sim.sim.person(twin.id)["custom_fields"].get(nl.key)) == Newsletter.UNSUBSCRIBED
+
+
+def test_two_persons_created_with_one_email_in_one_drain_are_both_members_of_it() -> None:
+    """Two creation webhooks for one email carry the same news (no consent value) and collapse to the
+    later one; the earlier person's id went with it, so the settle never learnt that person shared
+    the email, and an opt-out made later on the other person (who then left the email) reached nobody."""
+    from tasks.inbox import ClaimedBatch, Work
+
+    at = datetime.now(UTC)
+    batch = ClaimedBatch(source="pipedrive", inbox_ids=[1, 2], work=[
+        Work(email=EMAIL, person_ids=[pid], inbox_id=pid, at=at + timedelta(milliseconds=pid)) for pid in (2, 3)])
+
+    (only,) = batch.rounds(100)
+    assert only.person_ids == {EMAIL: [2, 3]}
+    assert only.inbox_ids == [2, 3]
+
+
+def test_an_opt_out_from_a_person_who_left_the_email_reaches_a_member_pmsync_never_heard_of(
+    rt: Runtime, pipedrive_sim: SimHandle
+) -> None:
+    """Bob's twin sets Unsubscribed and moves to another address before the drain; bob's own creation
+    webhook was lost, so pmsync knows only the twin. The opt-out's email has a member still – found
+    by searching, not left out because the persons pmsync knew have all gone."""
+    account = load_account(rt)
+    bob = pipedrive_sim.sim.ui_create_person(name="Bob", owner_id=1, emails=[{"value": EMAIL, "primary": True}])
+    twin = pipedrive_sim.sim.ui_create_person(name="Bob Twin", owner_id=1, emails=[{"value": EMAIL, "primary": True}])
+    pipedrive_sim.sim.ui_update_person(twin.id, custom_fields={
+        account.newsletter.key: account.newsletter.option_id(Newsletter.UNSUBSCRIBED)})
+    pipedrive_sim.sim.ui_update_person(twin.id, emails=[{"value": "moved@example.org", "primary": True}])
+    from tasks.consent import PipedriveSignal
+
+    signal = PipedriveSignal(at=datetime.now(UTC), cause="d-1", person_id=twin.id,
+                             newsletter=Newsletter.UNSUBSCRIBED, change_source="app")
+    settle_batch(account, {EMAIL: signal}, {EMAIL: [twin.id]}, cause_kind="webhook")  # the twin's change webhook
+
+    bob_value = pipedrive_sim.sim.person(bob.id)["custom_fields"].get(account.newsletter.key)
+    assert account.newsletter.value_of(bob_value) == Newsletter.UNSUBSCRIBED
