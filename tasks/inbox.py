@@ -170,7 +170,9 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
         person_id = int(str(meta.get("entity_id") or (data or previous or {}).get("id")))
     except (TypeError, ValueError):
         return "ignored"
-    at = _aware(meta.get("timestamp")) or row.received_at
+    # Nothing happened after pmsync received word of it: with Pipedrive's clock ahead of this host's,
+    # the change's own timestamp would date it after acts pmsync saw later (an opt-out read since).
+    at = min(_aware(meta.get("timestamp")) or row.received_at, row.received_at)
     source = str(meta.get("change_source") or "") or None
     if source == "api" and str(meta.get("user_id") or "") == str(account.api_user_id):
         return "echo"  # written through the API by pmsync's own user

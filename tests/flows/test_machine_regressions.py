@@ -350,3 +350,32 @@ def test_an_opt_out_from_a_person_who_left_the_email_reaches_a_member_pmsync_nev
 
     bob_value = pipedrive_sim.sim.person(bob.id)["custom_fields"].get(account.newsletter.key)
     assert account.newsletter.value_of(bob_value) == Newsletter.UNSUBSCRIBED
+
+
+def test_a_change_whose_webhook_is_stamped_ahead_of_this_hosts_clock_is_dated_when_it_arrived(rt: Runtime) -> None:
+    """Found by the long profile with Pipedrive's clock seconds ahead of pmsync's: a Subscribe dated by
+    its webhook's own timestamp looked newer than an opt-out made after it (known only as a state read
+    later, dated no later than that read), and the final drain started a DOI over the opt-out. Nothing
+    happened after pmsync received word of it."""
+    from connectors.store.models import InboxEvent
+    from tasks.inbox import Work, interpret_person
+
+    account = load_account(rt)
+    received = datetime.now(UTC)
+    option = account.newsletter.option_id(Newsletter.SUBSCRIBE)
+    body = {
+        "meta": {"action": "change", "entity": "person", "entity_id": "7", "change_source": "app", "user_id": 1,
+                 "timestamp": (received + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")},
+        "data": {"id": 7, "emails": [{"value": EMAIL, "primary": True}],
+                 "custom_fields": {account.newsletter.key: option}},
+        "previous": {"custom_fields": {account.newsletter.key: None}},
+    }
+    row = InboxEvent(id=1, source="pipedrive", delivery_id="d-1", kind="person.change", entity_id="7", body=body,
+                     received_at=received)
+
+    work = interpret_person(row, account, rt)
+
+    assert isinstance(work, list) and len(work) == 1
+    only: Work = work[0]
+    assert only.signal is not None and only.signal.newsletter == Newsletter.SUBSCRIBE  # type: ignore[union-attr]
+    assert only.at == received and only.signal.at == received
