@@ -353,9 +353,13 @@ class ConvergenceMachine(RuleBasedStateMachine):
         #: Persons seen Newsletter=Unsubscribed since their email's latest opt-out.
         self.unsubscribed_seen: set[int] = set()
         #: Opted-out emails whose opt-out evidence a person took away (email changed, deleted) while
-        #: webhooks could be lost: if its webhooks were, nothing in either system shows the opt-out any
-        #: more, so the final check accepts an empty Newsletter there (never a contrary value).
-        self.evidence_gone: set[str] = set()
+        #: webhooks could be lost -> those persons. If none of their deliveries showing the opt-out
+        #: reached pmsync and pmsync never recorded it, nothing shows the opt-out any more: the final
+        #: check accepts what the act before it asked for, or an empty Newsletter (see `_untraceable`).
+        self.evidence_gone: dict[str, set[int]] = {}
+        #: The act before the latest, per email, and when the latest was made.
+        self.before: dict[str, str | None] = {}
+        self.acted_at: dict[str, datetime] = {}
         self.drop = 0.0
         self.moved = 0
         #: person id -> the Pipedrive second of a salesperson's latest edit of it (see `_by_hand`).
@@ -415,8 +419,10 @@ class ConvergenceMachine(RuleBasedStateMachine):
         return int(created.id)
 
     def _act(self, email: str, act: str) -> None:
+        self.before[email] = self.latest.get(email)
         self.latest[email] = act
-        self.evidence_gone.discard(email)
+        self.acted_at[email] = datetime.now(UTC)
+        self.evidence_gone.pop(email, None)
         self.optout_in_maileon.discard(email)
         self.unsubscribed_seen -= {p.id for p in self.persons if p.email == email}
         self.w.figures.steps += 1
@@ -424,7 +430,39 @@ class ConvergenceMachine(RuleBasedStateMachine):
     def _leaves(self, p: PersonRef) -> None:
         if self.drop and self.latest.get(p.email) == "optout" and newsletter_of(self.w, self.account, p.id) is (
                 Newsletter.UNSUBSCRIBED) and self.w.ml.sim.contact(p.email) is None:
-            self.evidence_gone.add(p.email)
+            self.evidence_gone.setdefault(p.email, set()).add(p.id)
+
+    def _untraceable(self, email: str, settled: set[Newsletter | None], ledger: list[Any]) -> bool:
+        """The email's latest opt-out left no trace pmsync could have seen: the persons that carried it
+        away had none of their deliveries showing it reach the inbox, and pmsync recorded no opt-out
+        since the act. Then an empty Newsletter, or what the act before asked for, is all it can show."""
+        if email not in self.evidence_gone:
+            return False
+        if any(row.field == "consent" and row.new_value == "opt_out" and row.at >= self.acted_at[email]
+               for row in ledger if row.email == email):
+            return False
+        with self.receiver_store._read() as conn:
+            rows = list(conn.execute(select(table_of(InboxEvent)).where(
+                table_of(InboxEvent).c.entity_id.in_([str(pid) for pid in self.evidence_gone[email]]))))
+        key = self.account.newsletter.key
+        for row in rows:
+            body = row.body if isinstance(row.body, dict) else {}
+            data, previous = body.get("data") or {}, body.get("previous") or {}
+            shown = [data, {"emails": previous.get("emails") or data.get("emails"),
+                            "custom_fields": previous.get("custom_fields") if key in (previous.get("custom_fields") or {})
+                            else data.get("custom_fields")}]
+            for person in shown:
+                emails = [e.get("value") for e in person.get("emails") or [] if isinstance(e, dict) and e.get("primary")]
+                try:
+                    value = self.account.newsletter.value_of((person.get("custom_fields") or {}).get(key))
+                except ValueError:
+                    value = None
+                if email in emails and value is Newsletter.UNSUBSCRIBED:
+                    return False
+        allowed: set[Newsletter | None] = {None}
+        if self.before.get(email) == "request":  # pmsync rightly acts on the request it knows of
+            allowed.add(Newsletter.PENDING_DOI)
+        return settled <= allowed
 
     def _by_hand(self, *pids: int) -> None:
         """A salesperson edits these persons now: not twice in one second (Pipedrive keeps whole seconds,
@@ -695,7 +733,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
             # whose webhook was lost is brought in line by the full reconcile (members_disagree).
             if len(set(labels.values())) > 1:
                 problems.append(f"{email}: persons sharing the email disagree: Newsletter {labels}")
-            settled = {label for label in labels.values() if label is not None} or {None}
+            settled: set[Newsletter | None] = {label for label in labels.values() if label is not None} or {None}
             if permission >= 2:
                 if settled != {Newsletter.SUBSCRIBED}:
                     problems.append(f"{email}: Maileon permission {permission}, Newsletter {labels}")
@@ -706,7 +744,7 @@ class ConvergenceMachine(RuleBasedStateMachine):
             if Newsletter.SUBSCRIBE in labels.values():
                 problems.append(f"{email}: a Subscribe request left unsettled after the reconcile: {labels}")
             if self.latest.get(email) == "optout":  # zero lost unsubscribes
-                untraceable = email in self.evidence_gone and settled == {None}
+                untraceable = self._untraceable(email, settled, ledger)
                 w.figures.evidence_gone += untraceable
                 if settled != {Newsletter.UNSUBSCRIBED} and not untraceable:
                     problems.append(f"{email}: lost unsubscribe in Pipedrive: Newsletter {labels}")
@@ -966,3 +1004,28 @@ def test_a_twin_who_opts_out_and_moves_away_before_the_drain_still_opts_out_the_
         state.newsletter_edit(n=2, value=Newsletter.UNSUBSCRIBED)
         state.email_change(n=2)
         state.teardown()
+
+
+@pytest.mark.parametrize("delete_webhook_lost", [True, False])
+def test_an_opt_out_whose_every_trace_is_lost_lets_the_request_before_it_stand(
+    world: World, delete_webhook_lost: bool
+) -> None:
+    """Found by the long profile (the machine's own model): bob's first person asked to Subscribe; the
+    twin was set Unsubscribed and deleted, and both webhooks were lost. Nothing left shows that opt-out,
+    so the DOI pmsync starts for the request is all it can do – the machine accepts that only when none
+    of the twin's deliveries showing the opt-out reached pmsync. When the delete webhook arrives (it
+    carries the twin as it was), the opt-out must win."""
+    with without_engine():
+        state = ConvergenceMachine()
+        state.start(campaigns=False, once_only=False, drop=0.3, duplicate=0.0, reorder=False)
+        faults(state.w, drop_webhooks=0.0)
+        state.newsletter_edit(n=1, value=Newsletter.SUBSCRIBE)
+        state.webhooks_arrive()
+        faults(state.w, drop_webhooks=1.0)
+        state.newsletter_edit(n=2, value=Newsletter.UNSUBSCRIBED)
+        faults(state.w, drop_webhooks=1.0 if delete_webhook_lost else 0.0)
+        state.person_delete(n=2)
+        state.webhooks_arrive()
+        state.teardown()
+        labels = {newsletter_of(state.w, state.account, p.id) for p in state.persons if p.alive and p.email == BASE_EMAILS[1]}
+        assert labels == ({Newsletter.PENDING_DOI} if delete_webhook_lost else {Newsletter.UNSUBSCRIBED})
