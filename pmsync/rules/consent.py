@@ -597,11 +597,13 @@ def decide(
         nl_ids = tuple(m.person_id for m in members if m.newsletter is not target_nl)
     elif phase is Phase.REQUESTED and (fold.optout_in_batch or overruled):
         # The opt-out outdates earlier claims and overrules older Subscribe requests; the newer
-        # request without DOI is no subscription.
+        # request without DOI is no subscription. Members with no value show the opt-out too, as
+        # had it been settled before the request: members of one email never disagree.
         target_nl = Newsletter.UNSUBSCRIBED
         nl_ids = tuple(m.person_id for m in members
                        if m.newsletter in (Newsletter.SUBSCRIBED, Newsletter.PENDING_DOI)
-                       or m.person_id in overruled)
+                       or m.person_id in overruled
+                       or (fold.optout_in_batch and m.newsletter is None))
     else:
         unbacked = tuple(
             m.person_id for m in members

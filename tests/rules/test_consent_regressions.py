@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pmsync.rules.consent import decide
 from pmsync.rules.newsletter import Newsletter
 from pmsync.rules.status import MarketingStatus
-from pmsync.rules.views import LastState, MaileonView, Permission, PersonView, PipedriveView
+from pmsync.rules.views import KnownPerson, LastState, MaileonView, Permission, PersonView, PipedriveView
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 EMAIL = "bob@example.org"
@@ -156,3 +156,28 @@ def test_a_doi_start_a_dead_run_never_remembered_is_recovered_only_if_maileon_sh
                                              "phase_since": T0 + timedelta(seconds=9)})
     kept = recover_interrupted_doi_start(later_out, intended, doi_contact=True)
     assert kept.phase is ConsentPhase.OPTED_OUT and kept.doi_started_at == intended.doi_started_at
+
+
+def test_an_opt_out_and_a_newer_consent_without_doi_settled_together_leave_every_member_unsubscribed() -> None:
+    """Found by the convergence machine: a salesperson set bob's first person Unsubscribed and, a few
+    milliseconds into the next second, a form gave consent without DOI; one decision saw both. The
+    consent (a request, no subscription) is the newer act, but the twin kept an empty Newsletter
+    while the first showed Unsubscribed – members of one email disagreeing, which the reconcile then
+    reported on every run. Settled one after the other, both would show Unsubscribed."""
+    from pmsync.rules.consent import Intake, SetNewsletter
+
+    read = T0 + timedelta(seconds=1, milliseconds=4)
+    decision = decide(
+        PipedriveView(email=EMAIL, campaigns_enabled=False, fetched_at=read, persons=(
+            PersonView(person_id=2, newsletter=Newsletter.UNSUBSCRIBED, update_time=T0),
+            PersonView(person_id=3, update_time=T0),
+        )),
+        MaileonView(),
+        LastState(observed_at=T0 - timedelta(minutes=1), persons={2: KnownPerson(), 3: KnownPerson()}),
+        Intake(at=read, cause="intake:form", consent=True, double_opt_in=False),
+        now=read,
+    )
+
+    assert decision.phase.value == "requested"
+    writes = [a for a in decision.actions if isinstance(a, SetNewsletter)]
+    assert [(w.person_ids, w.value) for w in writes] == [((3,), Newsletter.UNSUBSCRIBED)]
