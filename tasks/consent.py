@@ -80,6 +80,8 @@ class PipedriveSignal(BaseModel):
     change_source: str | None = None
     by_pmsync: bool = False
     marketing_status_before: MarketingStatus | None = None
+    #: The Newsletter value the person had when the webhook was sent, set by it or not.
+    newsletter_shown: Newsletter | None = None
 
 
 AnySignal = MaileonSignal | IntakeSignal | PipedriveSignal
@@ -503,7 +505,8 @@ class Settler:
             sig = rules.PipedrivePersonChange(
                 at=signal.at, cause=signal.cause, person_id=signal.person_id, newsletter=signal.newsletter,
                 marketing_status=signal.marketing_status, change_source=signal.change_source,
-                by_pmsync=signal.by_pmsync, marketing_status_before=signal.marketing_status_before)
+                by_pmsync=signal.by_pmsync, marketing_status_before=signal.marketing_status_before,
+                newsletter_shown=signal.newsletter_shown)
         elif signal is not None:
             cls = rules.MaileonUnsubscribed if signal.kind == "unsubscribe" else rules.MaileonDoiConfirmed
             sig = cls(at=signal.at, cause=signal.cause)

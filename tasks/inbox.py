@@ -86,7 +86,8 @@ class ClaimedBatch(BaseModel):
             if isinstance(item.signal, PipedriveSignal):
                 # A person's changes collapse only when they set the same values: an opt-out followed
                 # by another change of the same person must still be seen (and recorded) as an opt-out.
-                pid, values = item.signal.person_id, (item.signal.newsletter, item.signal.marketing_status)
+                pid, values = item.signal.person_id, (item.signal.newsletter, item.signal.marketing_status,
+                                                      item.signal.newsletter_shown)
             key = (item.email, kind, pid, values)
             if key in latest:  # the same news twice: the later one is enough
                 extra_ids.setdefault(key, []).append(latest[key].inbox_id)
@@ -197,12 +198,16 @@ def interpret_person(row: InboxEvent, account: Account, rt: Runtime) -> list[Wor
 
     work: list[Work] = []
     email = _primary(data.get("emails")) if data is not None else None
+    # An Unsubscribed shown, not set, by this delivery is kept: should the person leave the email with
+    # that delivery's webhook lost, it is the one trace of the opt-out left.
+    shown = _newsletter_in(account, data.get("custom_fields") or {}) if data is not None else None
+    shown = shown if shown is Newsletter.UNSUBSCRIBED else None
     if email and is_valid_email(email):
         signal = None
-        if newsletter is not None or status is not None:
+        if newsletter is not None or status is not None or shown is not None:
             signal = PipedriveSignal(at=at, cause=row.delivery_id, person_id=person_id, newsletter=newsletter,
                                      marketing_status=status, change_source=source,
-                                     marketing_status_before=status_before)
+                                     marketing_status_before=status_before, newsletter_shown=shown)
         work.append(Work(email=email, signal=signal, person_ids=[person_id], inbox_id=row.id or 0, at=at))
     old = _primary(previous.get("emails")) if previous is not None else None
     if old and old != email and is_valid_email(old):

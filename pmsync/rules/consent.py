@@ -270,6 +270,10 @@ class PipedrivePersonChange(_Signal):
     #: The marketing_status the webhook's ``previous`` shows, when this change moved it away: an
     #: ``unsubscribed`` there is an opt-out, even if its own webhook was lost.
     marketing_status_before: MarketingStatus | None = None
+    #: The Newsletter value the person had when the webhook was sent, whether this change set it or
+    #: not: for a person who has left the email since, the only trace of an opt-out whose own
+    #: webhook was lost.
+    newsletter_shown: Newsletter | None = None
 
 
 class MaileonDoiConfirmed(_Signal):
@@ -769,6 +773,8 @@ def _observe(
         sig = sig_pd if sig_pd is not None and sig_pd.person_id == m.person_id else None
         if sig is not None and (sig.by_pmsync or _pd_echo(sig, known)):
             sig = None  # pmsync's own write coming back: no evidence of anything
+        if sig is not None and sig.newsletter is None and sig.marketing_status is None:
+            sig = None  # sets no consent value: for a member, its state read says more
         # A webhook newer than our last read dates the value we see now; an older one tells of an
         # earlier change (counted too, dated exactly; the fold decides whether it still matters).
         fresh = sig is not None and _after(sig.at, last.observed_at)
@@ -838,7 +844,7 @@ def _observe(
     # deleted): the webhook carried this email, so the opt-out was this email's.
     if sig_pd is not None and sig_pd.person_id not in member_ids and not sig_pd.by_pmsync:
         gone = last.persons.get(sig_pd.person_id)
-        opted = sig_pd.newsletter is Newsletter.UNSUBSCRIBED or (
+        opted = Newsletter.UNSUBSCRIBED in (sig_pd.newsletter, sig_pd.newsletter_shown) or (
             pd.campaigns_enabled and sig_pd.marketing_status is MS.UNSUBSCRIBED)
         # Known already (settled when it was made): an old opt-out, not news that could beat a later request.
         known_out = gone is not None and (gone.newsletter is Newsletter.UNSUBSCRIBED or (

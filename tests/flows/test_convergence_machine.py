@@ -1045,3 +1045,20 @@ def test_writes_pmsync_made_for_an_address_a_person_left_again_are_found_in_its_
         state.flow_run(after_send=False, crash_at=None, error_rate=0.0, name="consent-sync", timeouts=False)
         state.email_change(n=0)
         state.teardown()
+
+
+def test_an_opt_out_shown_only_by_a_later_webhook_of_a_deleted_twin_still_reaches_the_one_left(world: World) -> None:
+    """Found by the long profile: the twin's Unsubscribed webhook and its delete webhook were lost; the
+    one delivery that reached pmsync was the email's marketing_status change, showing the twin's
+    Newsletter=Unsubscribed without setting it. That is the opt-out's last trace, and it counts."""
+    with without_engine():
+        state = ConvergenceMachine()
+        state.start(campaigns=True, once_only=True, drop=0.3, duplicate=0.0, reorder=False)
+        faults(state.w, drop_webhooks=1.0)
+        state.newsletter_edit(n=2, value=Newsletter.UNSUBSCRIBED)
+        faults(state.w, drop_webhooks=0.0)
+        state.marketing_status_edit(i=1, status="subscribed")
+        state.webhooks_arrive()
+        faults(state.w, drop_webhooks=1.0)
+        state.person_delete(n=2)
+        state.teardown()

@@ -379,3 +379,29 @@ def test_a_change_whose_webhook_is_stamped_ahead_of_this_hosts_clock_is_dated_wh
     only: Work = work[0]
     assert only.signal is not None and only.signal.newsletter == Newsletter.SUBSCRIBE  # type: ignore[union-attr]
     assert only.at == received and only.signal.at == received
+
+
+def test_a_webhook_that_shows_an_unsubscribed_it_did_not_set_carries_it_in_its_signal(rt: Runtime) -> None:
+    """The trace an opt-out leaves when its own webhook was lost and the person then leaves the email
+    (see tests/rules/test_consent_regressions.py): a later delivery of that person – here the email's
+    marketing_status changing – shows the Newsletter value without setting it."""
+    from connectors.store.models import InboxEvent
+    from tasks.inbox import interpret_person
+
+    account = load_account(rt)
+    unsubscribed = account.newsletter.option_id(Newsletter.UNSUBSCRIBED)
+    body = {
+        "meta": {"action": "change", "entity": "person", "entity_id": "3", "change_source": "app", "user_id": 1,
+                 "timestamp": datetime.now(UTC).isoformat()},
+        "data": {"id": 3, "emails": [{"value": EMAIL, "primary": True}], "marketing_status": "subscribed",
+                 "custom_fields": {account.newsletter.key: {"type": "enum", "id": unsubscribed}}},
+        "previous": {"marketing_status": "no_consent"},
+    }
+    row = InboxEvent(id=1, source="pipedrive", delivery_id="d-1", kind="person.change", entity_id="3", body=body,
+                     received_at=datetime.now(UTC) + timedelta(seconds=1))
+
+    work = interpret_person(row, account, rt)
+
+    assert isinstance(work, list) and work[0].signal is not None
+    signal = work[0].signal
+    assert signal.newsletter is None and signal.newsletter_shown == Newsletter.UNSUBSCRIBED  # type: ignore[union-attr]

@@ -181,3 +181,29 @@ def test_an_opt_out_and_a_newer_consent_without_doi_settled_together_leave_every
     assert decision.phase.value == "requested"
     writes = [a for a in decision.actions if isinstance(a, SetNewsletter)]
     assert [(w.person_ids, w.value) for w in writes] == [((3,), Newsletter.UNSUBSCRIBED)]
+
+
+def test_an_unsubscribed_shown_by_a_deleted_persons_last_webhook_is_that_emails_opt_out_unless_known() -> None:
+    """Found by the convergence machine: bob's twin was set Unsubscribed (webhook lost), its email's
+    marketing_status changed (webhook delivered, showing the twin's Newsletter=Unsubscribed without
+    setting it), then the twin was deleted (webhook lost). That delivery is the one trace left of the
+    opt-out: it counts for the email – unless pmsync knew it already (an old opt-out, re-dated, could
+    beat a newer request)."""
+    from pmsync.rules.consent import PipedrivePersonChange, SetNewsletter
+
+    read = T0 + timedelta(seconds=30)
+    delivery = PipedrivePersonChange(at=T0 + timedelta(seconds=10), cause="d-1", person_id=3,
+                                     marketing_status=MarketingStatus.SUBSCRIBED, change_source="app",
+                                     marketing_status_before=MarketingStatus.NO_CONSENT,
+                                     newsletter_shown=Newsletter.UNSUBSCRIBED)
+    view = PipedriveView(email=EMAIL, campaigns_enabled=False, fetched_at=read, persons=(
+        PersonView(person_id=2, update_time=T0),))
+
+    unknown = decide(view, MaileonView(), LastState(observed_at=T0 - timedelta(minutes=1)), delivery, now=read)
+    assert unknown.phase.value == "opted_out"
+    assert [(a.person_ids, a.value) for a in unknown.actions if isinstance(a, SetNewsletter)] == [
+        ((2,), Newsletter.UNSUBSCRIBED)]
+
+    known = LastState(observed_at=T0 - timedelta(minutes=1), phase="none",
+                      persons={3: KnownPerson(newsletter=Newsletter.UNSUBSCRIBED)})
+    assert decide(view, MaileonView(), known, delivery, now=read).phase.value == "none"
